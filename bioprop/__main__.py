@@ -1,0 +1,5 @@
+import sys
+
+from bioprop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""Benchmark suites: YAML files listing runs and the published numbers they are compared to.
+
+A suite::
+
+    name: bp-mnist
+    title: Backprop, MLP 784-1024-10 on MNIST
+    doc: docs/bp-mnist.md          # where the markdown table is written
+    runs_dir: runs/bench/bp-mnist  # one sub-folder per entry and seed
+    metric: accuracy               # or "error": how published values are expressed (in %)
+    reference: BP                  # entry whose s/epoch is the denominator of the time ratios
+    notes: free text printed under the table
+    base: {...}                    # a TrainConfig mapping shared by all entries
+    entries:
+      - label: BP
+        set: {rule.name: bp}       # dotted overrides applied to base
+        seeds: [0, 1, 2]
+        published: {value: 98.0, source: "paper, Table 1", confidence: "unverified"}
+
+``bioprop bench SUITE`` trains every (entry, seed) that has not finished, resumes interrupted
+ones from their checkpoint, then writes the table (and a curves plot beside it).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bioprop import results
+from bioprop.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from bioprop.errors import BiopropError
+from bioprop.report import Group, fmt, mean_curves
+
+SUITE_KEYS = {"name", "title", "doc", "runs_dir", "metric", "reference", "notes", "base", "entries"}
+ENTRY_KEYS = {"label", "set", "seeds", "published", "target"}
+
+
+@dataclass
+class Entry:
+    label: str
+    config: dict[str, Any]
+    seeds: list[int]
+    published: dict[str, Any] = field(default_factory=dict)
+    target: str = ""
+
+
+@dataclass
+class Suite:
+    path: Path
+    name: str
+    title: str
+    doc: Path
+    runs_dir: Path
+    metric: str
+    reference: str
+    notes: str
+    entries: list[Entry]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def load_suite(path: str | Path) -> Suite:
+    raw = read_yaml(path)
+    unknown = set(raw) - SUITE_KEYS
+    if unknown:
+        raise BiopropError(f"{path}: unknown suite keys {sorted(unknown)}; known: {sorted(SUITE_KEYS)}")
+    if not raw.get("entries"):
+        raise BiopropError(f"{path}: a suite needs a non-empty 'entries' list")
+    name = raw.get("name") or Path(path).stem
+    entries = [_entry(path, raw.get("base", {}), e) for e in raw["entries"]]
+    metric = raw.get("metric", "accuracy")
+    if metric not in ("accuracy", "error"):
+        raise BiopropError(f"{path}: metric must be 'accuracy' or 'error', got {metric!r}")
+    return Suite(
+        Path(path), name, raw.get("title", name), Path(raw.get("doc", f"docs/{name}.md")),
+        Path(raw.get("runs_dir", f"runs/bench/{name}")), metric,
+        raw.get("reference", entries[0].label), raw.get("notes", ""), entries,
+    )
+
+
+def _entry(path: str | Path, base: dict[str, Any], raw: dict[str, Any]) -> Entry:
+    unknown = set(raw) - ENTRY_KEYS
+    if unknown:
+        raise BiopropError(f"{path}: unknown entry keys {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}")
+    cfg = apply_overrides(copy.deepcopy(base), [f"{k}={_yaml(v)}" for k, v in raw.get("set", {}).items()])
+    from_dict(TrainConfig, cfg)  # validate now, not after hours of other runs
+    return Entry(raw["label"], cfg, list(raw.get("seeds", [0])), raw.get("published") or {}, raw.get("target", ""))
+
+
+def _yaml(v: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def run_dir(suite: Suite, entry: Entry, seed: int) -> Path:
+    return suite.runs_dir / slug(entry.label) / f"s{seed}"
+
+
+def is_finished(d: Path, epochs: int) -> bool:
+    if not (d / results.RESULT).is_file():
+        return False
+    r = results.read_result(d)
+    return r.get("status") == "finished" and r.get("epochs_done") == epochs
+
+
+def run_suite(suite: Suite, *, data_dir: str | None, only: list[str] | None = None,
+              progress: bool = True, dry_run: bool = False) -> None:
+    """Train what is missing (resuming partial runs), in suite order."""
+    from bioprop.train import train
+
+    for entry in suite.entries:
+        if only and entry.label not in only:
+            continue
+        for seed in entry.seeds:
+            cfg = from_dict(TrainConfig, copy.deepcopy(entry.config))
+            cfg.seed, cfg.progress, d = seed, progress, run_dir(suite, entry, seed)
+            cfg.out = str(d)
+            if is_finished(d, cfg.epochs):
+                continue
+            print(f"[bench {suite.name}] {entry.label} seed {seed} -> {d}", file=sys.stderr)
+            if not dry_run:
+                train(cfg, resume_run=True, data_dir=data_dir)
+
+
+def entry_group(suite: Suite, entry: Entry) -> Group:
+    epochs = entry.config.get("epochs", TrainConfig().epochs)
+    g = Group(entry.label)
+    for seed in entry.seeds:
+        d = run_dir(suite, entry, seed)
+        if is_finished(d, epochs):
+            g.runs.append(d)
+            g.results.append(results.read_result(d))
+    return g
+
+
+def _published(entry: Entry, metric: str) -> str:
+    p = entry.published
+    if "value" not in p:
+        return "–"
+    return f"{p['value']}" + (f" ({p['confidence']})" if p.get("confidence") else "")
+
+
+def render(suite: Suite) -> str:
+    """The markdown page for ``suite`` from whatever runs have finished."""
+    groups = {e.label: entry_group(suite, e) for e in suite.entries}
+    ref = groups.get(suite.reference)
+    ref_time = ref.seconds_per_epoch() if ref and ref.results else float("nan")
+    scale, name = (100, "test accuracy (%)") if suite.metric == "accuracy" else (-100, "test error (%)")
+    lines = [
+        f"# {suite.title}", "",
+        f"Produced by `bioprop bench {suite.path.as_posix()}` (suite `{suite.name}`) on "
+        f"{datetime.date.today().isoformat()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads. Mean ± sample std over the seeds listed.", "",
+        f"| run | epochs | seeds done | final {name} | best {name} | published | source | "
+        f"target | s/epoch | time vs {suite.reference} |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for e in suite.entries:
+        g = groups[e.label]
+        final, best = _metric(g, "final_test_acc", scale), _metric(g, "best_test_acc", scale)
+        t = g.seconds_per_epoch()
+        done = f"{len(g.results)}/{len(e.seeds)}"
+        lines.append(
+            f"| {e.label} | {e.config.get('epochs', '')} | {done} | {final} | {best} | "
+            f"{_published(e, suite.metric)} | {e.published.get('source', '')} | {e.target} | "
+            f"{t:.2f} | {t / ref_time:.2f}x |"
+        )
+    if suite.notes:
+        lines += ["", suite.notes.strip()]
+    lines += ["", f"![curves]({suite.doc.with_suffix('.png').name})", ""]
+    return "\n".join(lines)
+
+
+def _metric(g: Group, key: str, scale: float) -> str:
+    mean, std, n = g.mean_std(key, abs(scale))
+    if scale < 0:
+        mean = 100 - mean
+    return fmt(mean, std, n)
+
+
+def write_doc(suite: Suite) -> Path:
+    from bioprop.plots import plot_runs
+
+    results.write_text(suite.doc, render(suite))
+    curves = {e.label: mean_curves(g) for e in suite.entries if (g := entry_group(suite, e)).results}
+    if curves:
+        plot_runs(curves, suite.doc.with_suffix(".png"))
+    return suite.doc

@@ -1,0 +1,23 @@
+"""Learning rules: one module per rule, all behind ``Rule.step`` and the ``RULES`` registry."""
+
+from bioprop.rules import bp  # noqa: F401  (importing registers the rules)
+from bioprop.rules.base import (
+    RULES,
+    FeedbackPair,
+    Rule,
+    StepOutput,
+    build_rule,
+    register_rule,
+)
+
+get = RULES.get
+
+__all__ = [
+    "RULES",
+    "FeedbackPair",
+    "Rule",
+    "StepOutput",
+    "build_rule",
+    "get",
+    "register_rule",
+]

@@ -1,0 +1,119 @@
+"""The command line: listings, reports, benchmark suites, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bioprop.cli import main
+
+TINY = ["--dataset", "digits", "--set", "model.args.hidden=[16]", "--epochs", "1", "--no-progress"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--set", "optim.lrx=1"], "unknown config key 'optim.lrx'"),
+        (["train", "--set", "optim.lr=fast"], "'optim.lr' must be float"),
+        (["train", "--set", "epochs=0"], "epochs must be >= 1"),
+        (["train", "--set", "nonsense"], "must look like key=value"),
+        (["train", "--rule", "magic"], "unknown rule 'magic'"),
+        (["train", "--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["train", "--dataset", "imagenet-21k"], "unknown dataset 'imagenet-21k'"),
+        (["train", "--set", "model.args.depth=3"], "unknown option 'depth'"),
+        (["train", "--set", "rule.args.loss=hinge"], "loss must be one of"),
+        (["train", "--set", "optim.name=lbfgs"], "unknown optimizer 'lbfgs'"),
+        (["train", "--set", "sched.name=warmup"], "unknown schedule 'warmup'"),
+        (["train", "--config", "no/such/file.yaml"], "config file no/such/file.yaml not found"),
+        (["train", "--data-dir", "no/such/dir"], "data directory no/such/dir does not exist"),
+        (["report", "no/such/run"], "is not a run directory"),
+        (["bench", "no/such/suite.yaml"], "not found"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(capsys, tmp_path, argv, needle) -> None:
+    rc, _, err = run_cli(capsys, *argv, *([] if argv[0] != "train" else ["--out", str(tmp_path / "r")]))
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("bioprop: error:")
+    assert needle in err
+
+
+def test_bad_yaml_and_bad_suite(capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    rc, _, err = run_cli(capsys, "train", "--config", str(bad))
+    assert rc == 2 and "not valid YAML" in err and err.count("\n") == 1
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("entries: [{label: x, sett: {}}]\n")
+    rc, _, err = run_cli(capsys, "bench", str(suite))
+    assert rc == 2 and "unknown entry keys ['sett']" in err
+
+
+def test_listings(capsys) -> None:
+    for kind, name in (("rules", "bp"), ("models", "lenet5"), ("datasets", "digits")):
+        rc, out, _ = run_cli(capsys, kind)
+        assert rc == 0
+        assert any(line.startswith(name) for line in out.splitlines())
+    _, out, _ = run_cli(capsys, "datasets")
+    assert "digits" in out and "[found" in out.split("digits", 1)[1].splitlines()[0]
+
+
+def test_report_mean_std_over_seeds(capsys, tmp_path) -> None:
+    dirs = []
+    for seed in (0, 1, 2):
+        d = tmp_path / f"s{seed}"
+        assert run_cli(capsys, "train", *TINY, "--seed", str(seed), "--out", str(d))[0] == 0
+        dirs.append(str(d))
+    rc, out, _ = run_cli(capsys, "report", *dirs, "--plot", str(tmp_path / "c.png"))
+    accs = [100 * json.loads(open(f"{d}/result.json").read())["final_test_acc"] for d in dirs]
+    expected = f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}"
+    assert rc == 0 and expected in out and "| 3 |" in out
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_bench_runs_missing_runs_only_and_writes_table(capsys, tmp_path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"""
+name: tiny
+title: Tiny suite
+doc: {tmp_path / "docs" / "tiny.md"}
+runs_dir: {tmp_path / "runs"}
+base: {{data: {{name: digits}}, model: {{args: {{hidden: [16]}}}}, epochs: 1, progress: false}}
+entries:
+  - label: BP
+    seeds: [0, 1]
+    published: {{value: 97.5, source: "made up for the test"}}
+  - label: BP mse
+    set: {{rule.args.loss: mse}}
+    seeds: [0]
+"""
+    )
+    assert run_cli(capsys, "bench", str(suite), "--no-progress")[0] == 0
+    result = tmp_path / "runs" / "bp" / "s1" / "result.json"
+    stamp = result.stat().st_mtime_ns
+    assert run_cli(capsys, "bench", str(suite), "--no-progress")[0] == 0
+    assert result.stat().st_mtime_ns == stamp  # finished runs are not run again
+    table = (tmp_path / "docs" / "tiny.md").read_text()
+    assert "| BP | 1 | 2/2 |" in table and "made up for the test" in table
+    assert "| BP mse | 1 | 1/1 |" in table and "1.00x" in table
+    assert (tmp_path / "docs" / "tiny.png").is_file()
+
+
+def test_console_script_entry_point(tmp_path) -> None:
+    """The installed program (not just main()) maps a user mistake to exit code 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bioprop", "train", "--rule", "nope"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "bioprop: error: unknown rule 'nope'; known: " + proc.stderr.split("known: ")[1].strip()
+    assert "Traceback" not in proc.stderr

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from bioprop import data, models, rules  # noqa: E402
+from bioprop import data, models, rules
 
 __all__ = ["__version__", "data", "models", "rules"]

@@ -71,7 +71,9 @@ def load_suite(path: str | Path) -> Suite:
     raw = read_yaml(path)
     unknown = set(raw) - SUITE_KEYS
     if unknown:
-        raise BiopropError(f"{path}: unknown suite keys {sorted(unknown)}; known: {sorted(SUITE_KEYS)}")
+        raise BiopropError(
+            f"{path}: unknown suite keys {sorted(unknown)}; known: {sorted(SUITE_KEYS)}"
+        )
     if not raw.get("entries"):
         raise BiopropError(f"{path}: a suite needs a non-empty 'entries' list")
     name = raw.get("name") or Path(path).stem
@@ -80,19 +82,35 @@ def load_suite(path: str | Path) -> Suite:
     if metric not in ("accuracy", "error"):
         raise BiopropError(f"{path}: metric must be 'accuracy' or 'error', got {metric!r}")
     return Suite(
-        Path(path), name, raw.get("title", name), Path(raw.get("doc", f"docs/{name}.md")),
-        Path(raw.get("runs_dir", f"runs/bench/{name}")), metric,
-        raw.get("reference", entries[0].label), raw.get("notes", ""), entries,
+        Path(path),
+        name,
+        raw.get("title", name),
+        Path(raw.get("doc", f"docs/{name}.md")),
+        Path(raw.get("runs_dir", f"runs/bench/{name}")),
+        metric,
+        raw.get("reference", entries[0].label),
+        raw.get("notes", ""),
+        entries,
     )
 
 
 def _entry(path: str | Path, base: dict[str, Any], raw: dict[str, Any]) -> Entry:
     unknown = set(raw) - ENTRY_KEYS
     if unknown:
-        raise BiopropError(f"{path}: unknown entry keys {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}")
-    cfg = apply_overrides(copy.deepcopy(base), [f"{k}={_yaml(v)}" for k, v in raw.get("set", {}).items()])
+        raise BiopropError(
+            f"{path}: unknown entry keys {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}"
+        )
+    cfg = apply_overrides(
+        copy.deepcopy(base), [f"{k}={_yaml(v)}" for k, v in raw.get("set", {}).items()]
+    )
     from_dict(TrainConfig, cfg)  # validate now, not after hours of other runs
-    return Entry(raw["label"], cfg, list(raw.get("seeds", [0])), raw.get("published") or {}, raw.get("target", ""))
+    return Entry(
+        raw["label"],
+        cfg,
+        list(raw.get("seeds", [0])),
+        raw.get("published") or {},
+        raw.get("target", ""),
+    )
 
 
 def _yaml(v: Any) -> str:
@@ -112,8 +130,14 @@ def is_finished(d: Path, epochs: int) -> bool:
     return r.get("status") == "finished" and r.get("epochs_done") == epochs
 
 
-def run_suite(suite: Suite, *, data_dir: str | None, only: list[str] | None = None,
-              progress: bool = True, dry_run: bool = False) -> None:
+def run_suite(
+    suite: Suite,
+    *,
+    data_dir: str | None,
+    only: list[str] | None = None,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> None:
     """Train what is missing (resuming partial runs), in suite order."""
     from bioprop.train import train
 
@@ -154,12 +178,16 @@ def render(suite: Suite) -> str:
     groups = {e.label: entry_group(suite, e) for e in suite.entries}
     ref = groups.get(suite.reference)
     ref_time = ref.seconds_per_epoch() if ref and ref.results else float("nan")
-    scale, name = (100, "test accuracy (%)") if suite.metric == "accuracy" else (-100, "test error (%)")
+    scale, name = (
+        (100, "test accuracy (%)") if suite.metric == "accuracy" else (-100, "test error (%)")
+    )
     lines = [
-        f"# {suite.title}", "",
+        f"# {suite.title}",
+        "",
         f"Produced by `bioprop bench {suite.path.as_posix()}` (suite `{suite.name}`) on "
         f"{datetime.date.today().isoformat()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Mean ± sample std over the seeds listed.", "",
+        f"{torch.get_num_threads()} threads. Mean ± sample std over the seeds listed.",
+        "",
         f"| run | epochs | seeds done | final {name} | best {name} | published | source | "
         f"target | s/epoch | time vs {suite.reference} |",
         "|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
@@ -191,7 +219,9 @@ def write_doc(suite: Suite) -> Path:
     from bioprop.plots import plot_runs
 
     results.write_text(suite.doc, render(suite))
-    curves = {e.label: mean_curves(g) for e in suite.entries if (g := entry_group(suite, e)).results}
+    curves = {
+        e.label: mean_curves(g) for e in suite.entries if (g := entry_group(suite, e)).results
+    }
     if curves:
         plot_runs(curves, suite.doc.with_suffix(".png"))
     return suite.doc

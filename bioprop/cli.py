@@ -21,9 +21,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     from bioprop.train import train
 
     sets = list(a.set or [])
-    for flag, key in (("rule", "rule.name"), ("model", "model.name"), ("dataset", "data.name"),
-                      ("epochs", "epochs"), ("seed", "seed"), ("device", "device"),
-                      ("threads", "threads"), ("out", "out")):
+    for flag, key in (
+        ("rule", "rule.name"),
+        ("model", "model.name"),
+        ("dataset", "data.name"),
+        ("epochs", "epochs"),
+        ("seed", "seed"),
+        ("device", "device"),
+        ("threads", "threads"),
+        ("out", "out"),
+    ):
         if getattr(a, flag) is not None:
             sets.insert(0, f"{key}={getattr(a, flag)}")
     if a.download:
@@ -32,7 +39,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.no_progress:
         cfg.progress = False
     r = train(cfg, resume_run=a.resume, data_dir=a.data_dir)
-    print(f"final test accuracy {100 * r['final_test_acc']:.2f}% (best {100 * r['best_test_acc']:.2f}%)")
+    final, best = 100 * r["final_test_acc"], 100 * r["best_test_acc"]
+    print(f"final test accuracy {final:.2f}% (best {best:.2f}%)")
     return 0
 
 
@@ -74,8 +82,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     suite = load_suite(a.suite)
     if not a.report_only:
-        run_suite(suite, data_dir=a.data_dir, only=a.only, progress=not a.no_progress,
-                  dry_run=a.dry_run)
+        run_suite(
+            suite, data_dir=a.data_dir, only=a.only, progress=not a.no_progress, dry_run=a.dry_run
+        )
     if not a.dry_run:
         print(f"wrote {write_doc(suite)}")
     return 0
@@ -94,7 +103,9 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one run")
     t.add_argument("--config", help="YAML config file")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01"
+    )
     t.add_argument("--rule")
     t.add_argument("--model")
     t.add_argument("--dataset")
@@ -148,8 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bioprop: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bioprop: interrupted; finished epochs are checkpointed (continue with --resume)",
-              file=sys.stderr)
+        print(
+            "bioprop: interrupted; finished epochs are checkpointed (continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -36,16 +36,22 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 20, seed: int = 0) -> 
         if (d / results.CONFIG).exists():  # only ever remove a previous demo run
             shutil.rmtree(d)
         sets = [f"{k}={v}" for k, v in RULES.get(name).demo.items()]
-        cfg = load_config(None, [*BASE, f"rule.name={name}", f"epochs={epochs}",
-                                 f"seed={seed}", f"out={d}", *sets])
+        cfg = load_config(
+            None,
+            [*BASE, f"rule.name={name}", f"epochs={epochs}", f"seed={seed}", f"out={d}", *sets],
+        )
         r = train(cfg)
         rows.append((name, r))
     bp = next((r for n, r in rows if n == "bp"), rows[0][1])
     ref = sum(bp["wall_seconds_per_epoch"]) / len(bp["wall_seconds_per_epoch"])
-    lines = ["| rule | final test acc (%) | best test acc (%) | s/epoch | time vs bp |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| rule | final test acc (%) | best test acc (%) | s/epoch | time vs bp |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, r in rows:
         t = sum(r["wall_seconds_per_epoch"]) / len(r["wall_seconds_per_epoch"])
-        lines.append(f"| {name} | {100 * r['final_test_acc']:.2f} | {100 * r['best_test_acc']:.2f} "
-                     f"| {t:.3f} | {t / ref:.2f}x |")
+        lines.append(
+            f"| {name} | {100 * r['final_test_acc']:.2f} | {100 * r['best_test_acc']:.2f} "
+            f"| {t:.3f} | {t / ref:.2f}x |"
+        )
     return "\n".join(lines) + f"\n\nRuns and curves are in {Path(out)}/<rule>/.\n"

@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from bioprop.results import atomic_write  # noqa: E402
+from bioprop.results import atomic_write
 
 
 def _diag_keys(rows: list[dict[str, Any]]) -> list[str]:

@@ -73,9 +73,8 @@ def markdown_table(groups: list[Group]) -> str:
     ]
     for g in groups:
         final, best = g.mean_std("final_test_acc", 100), g.mean_std("best_test_acc", 100)
-        lines.append(
-            f"| {g.label} | {final[2]} | {fmt(*final)} | {fmt(*best)} | {g.seconds_per_epoch():.2f} |"
-        )
+        t = g.seconds_per_epoch()
+        lines.append(f"| {g.label} | {final[2]} | {fmt(*final)} | {fmt(*best)} | {t:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -85,7 +84,11 @@ def mean_curves(group: Group) -> list[dict[str, Any]]:
     n = min(len(e) for e in per_seed)
     keys = ("train_loss", "train_acc", "test_loss", "test_acc")
     return [
-        {"kind": "epoch", "epoch": i + 1, **{k: float(np.mean([e[i][k] for e in per_seed])) for k in keys}}
+        {
+            "kind": "epoch",
+            "epoch": i + 1,
+            **{k: float(np.mean([e[i][k] for e in per_seed])) for k in keys},
+        }
         for i in range(n)
     ]
 

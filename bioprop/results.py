@@ -56,7 +56,7 @@ def write_yaml(path: str | Path, data: Any) -> None:
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Rows may have different keys (step rows, epoch rows, diagnostics): the header is their union."""
+    """Rows may differ in keys (step, epoch, diagnostics rows): the header is their union."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]

@@ -176,7 +176,9 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
                 "the checkpoint of the last finished epoch is kept"
             )
         if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
-            history.append({"kind": "diag", "epoch": epoch, "step": step, **alignment(rule, x, y, rng)})
+            history.append(
+                {"kind": "diag", "epoch": epoch, "step": step, **alignment(rule, x, y, rng)}
+            )
         s.opt.step()
         b_loss, b_correct = float(out.loss), float((out.logits.argmax(1) == y).sum())
         loss_sum, correct, seen = loss_sum + b_loss * len(y), correct + b_correct, seen + len(y)
@@ -187,8 +189,12 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
         bar.update()
     bar.close()
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "seconds": seconds,
-            "samples_per_s": seen / seconds}
+    return {
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "seconds": seconds,
+        "samples_per_s": seen / seconds,
+    }
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -251,7 +257,10 @@ def resume(s: Setup, out: Path) -> tuple[int, list[dict[str, Any]]]:
 def provenance() -> dict[str, Any]:
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(bioprop.__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -32,7 +32,9 @@ def test_bp_grad_equals_finite_differences(loss: str, arch: str) -> None:
     if arch == "mlp":
         model, x = mlp([5, 4, 3], activation="tanh"), torch.randn(6, 5)
     else:
-        model = build_model("convnet", (1, 6, 6), 3, channels=[2], kernel=3, fc=[4], activation="tanh")
+        model = build_model(
+            "convnet", (1, 6, 6), 3, channels=[2], kernel=3, fc=[4], activation="tanh"
+        )
         x = torch.randn(4, 1, 6, 6)
     model = model.double()
     x, y = x.double(), torch.randint(0, 3, (len(x),))
@@ -47,7 +49,9 @@ def test_bp_grad_equals_finite_differences(loss: str, arch: str) -> None:
 
     with torch.no_grad():
         for p in model.parameters():
-            torch.testing.assert_close(p.grad, finite_difference(model, loss_fn, p), rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(
+                p.grad, finite_difference(model, loss_fn, p), rtol=1e-6, atol=1e-8
+            )
 
 
 def test_bp_grad_sign_lets_sgd_descend() -> None:

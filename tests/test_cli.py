@@ -41,7 +41,9 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(capsys, tmp_path, argv, needle) -> None:
-    rc, _, err = run_cli(capsys, *argv, *([] if argv[0] != "train" else ["--out", str(tmp_path / "r")]))
+    rc, _, err = run_cli(
+        capsys, *argv, *([] if argv[0] != "train" else ["--out", str(tmp_path / "r")])
+    )
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("bioprop: error:")
     assert needle in err
@@ -74,7 +76,10 @@ def test_report_mean_std_over_seeds(capsys, tmp_path) -> None:
         assert run_cli(capsys, "train", *TINY, "--seed", str(seed), "--out", str(d))[0] == 0
         dirs.append(str(d))
     rc, out, _ = run_cli(capsys, "report", *dirs, "--plot", str(tmp_path / "c.png"))
-    accs = [100 * json.loads(open(f"{d}/result.json").read())["final_test_acc"] for d in dirs]
+    accs = [
+        100 * json.loads((tmp_path / f"s{i}" / "result.json").read_text())["final_test_acc"]
+        for i in range(3)
+    ]
     expected = f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}"
     assert rc == 0 and expected in out and "| 3 |" in out
     assert (tmp_path / "c.png").stat().st_size > 0
@@ -115,5 +120,8 @@ def test_console_script_entry_point(tmp_path) -> None:
         [sys.executable, "-m", "bioprop", "train", "--rule", "nope"], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "bioprop: error: unknown rule 'nope'; known: " + proc.stderr.split("known: ")[1].strip()
+    assert (
+        proc.stderr.strip()
+        == "bioprop: error: unknown rule 'nope'; known: " + proc.stderr.split("known: ")[1].strip()
+    )
     assert "Traceback" not in proc.stderr

@@ -15,7 +15,13 @@ from bioprop.models import ACTIVATIONS, build_model, get_activation, mlp
 
 @pytest.mark.parametrize("name", ACTIVATIONS.names())
 @settings(max_examples=20, deadline=None)
-@given(values=st.lists(st.floats(-4, 4).filter(lambda v: abs(v) > 1e-3 and abs(v - 1) > 1e-3), min_size=1, max_size=16))
+@given(
+    values=st.lists(
+        st.floats(-4, 4).filter(lambda v: abs(v) > 1e-3 and abs(v - 1) > 1e-3),
+        min_size=1,
+        max_size=16,
+    )
+)
 def test_activation_derivative_matches_autograd(name: str, values: list[float]) -> None:
     """Rules without autograd use f'(z); it must equal autograd's away from kinks."""
     act = get_activation(name)

@@ -34,7 +34,13 @@ def test_same_seed_gives_identical_result(tmp_path) -> None:
 def test_run_directory_contents(tmp_path) -> None:
     r = train(tiny_config(tmp_path, "data.val_size=0.1"))
     d = tmp_path / "run"
-    for name in (results.CONFIG, results.RESULT, results.METRICS, results.CURVES, results.CHECKPOINT):
+    for name in (
+        results.CONFIG,
+        results.RESULT,
+        results.METRICS,
+        results.CURVES,
+        results.CHECKPOINT,
+    ):
         assert (d / name).is_file(), name
     saved = json.loads((d / results.RESULT).read_text())
     assert saved["final_test_acc"] == r["final_test_acc"]
@@ -48,7 +54,13 @@ def test_run_directory_contents(tmp_path) -> None:
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch) -> None:
     """Kill a run during epoch 3, resume it: final weights must be bit-identical."""
-    sets = ("epochs=4", "model.args.dropout=0.3", "sched.name=cosine", "optim.name=adam", "optim.lr=0.003")
+    sets = (
+        "epochs=4",
+        "model.args.dropout=0.3",
+        "sched.name=cosine",
+        "optim.name=adam",
+        "optim.lr=0.003",
+    )
     full = train(tiny_config(tmp_path / "full", *sets))
 
     import bioprop.train as loop
@@ -106,7 +118,11 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch) -
 
 
 def test_multistep_schedule_changes_lr_at_milestones(tmp_path) -> None:
-    train(tiny_config(tmp_path, "epochs=4", "sched.name=multistep", "sched.milestones=[2,3]", "optim.lr=0.1"))
+    train(
+        tiny_config(
+            tmp_path, "epochs=4", "sched.name=multistep", "sched.milestones=[2,3]", "optim.lr=0.1"
+        )
+    )
     r = results.read_result(tmp_path / "run")
     lrs = [e["lr"] for e in r["epochs"]]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
@@ -117,7 +133,11 @@ def test_bp_diagnostics_report_cosine_one(tmp_path) -> None:
     train(tiny_config(tmp_path, "epochs=1", "diagnostics_every=5", "model.args.dropout=0.5"))
     import csv
 
-    rows = [r for r in csv.DictReader(open(tmp_path / "run" / results.METRICS)) if r["kind"] == "diag"]
+    rows = [
+        r
+        for r in csv.DictReader((tmp_path / "run" / results.METRICS).read_text().splitlines())
+        if r["kind"] == "diag"
+    ]
     assert len(rows) == 9
     cos = [float(v) for r in rows for k, v in r.items() if k.startswith("cos/")]
     assert cos and min(cos) > 1 - 1e-6

@@ -24,7 +24,7 @@ from bioprop.registry import Registry
 
 @dataclass
 class Split:
-    """One split: ``x`` float32 [N, ...] scaled to [0, 1] (before normalisation), ``y`` int64 [N]."""
+    """One split: ``x`` float32 [N, ...] in [0, 1] (before normalisation), ``y`` int64 [N]."""
 
     x: Tensor
     y: Tensor
@@ -132,7 +132,7 @@ def load_dataset(
 
 def _split_val(train: Split, val_size: int | float, seed: int) -> tuple[Split, Split | None]:
     n = len(train)
-    k = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    k = round(val_size * n) if isinstance(val_size, float) and val_size < 1 else int(val_size)
     if k <= 0:
         return train, None
     if k >= n:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from torch import nn
@@ -39,7 +40,7 @@ def _head(
     width = math.prod(output_shape(blocks, input_shape))
     widths = [width, *fc, num_classes]
     head = []
-    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
         last = i == len(widths) - 2
         op = nn.Linear(w_in, w_out, bias=opts["bias"])
         init_layer(op, opts["init"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from torch import nn
@@ -28,7 +29,7 @@ def mlp(
         raise ValueError(f"mlp needs at least [input, output] positive widths, got {widths}")
     blocks = []
     n = len(widths) - 1
-    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (w_in, w_out) in enumerate(itertools.pairwise(widths)):
         last = i == n - 1
         op = nn.Linear(w_in, w_out, bias=bias)
         init_layer(op, init)

@@ -84,4 +84,3 @@ def build_rule(name: str, model: nn.Module, **kwargs: Any) -> Rule:
         return cls(model, **kwargs)
     except (ValueError, TypeError) as err:
         raise BiopropError(f"cannot build rule {name!r} with {kwargs}: {err}") from err
-

@@ -11,6 +11,7 @@ import platform
 import random
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,8 +342,8 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, data_dir: str | None = 
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
             history.append(row)
             checkpoint(s, epoch, history, out)
-            if cfg.progress:
-                tqdm.write(_epoch_line(row))
+            # One line per epoch even without a progress bar: background runs log into files.
+            tqdm.write(_epoch_line(row), file=sys.stderr)
     except Diverged:
         write_outputs(s, history, out, "diverged")
         raise

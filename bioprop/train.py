@@ -125,6 +125,9 @@ def build(cfg: TrainConfig, data_dir: str | None = None) -> Setup:
         val_size=cfg.data.val_size,
         seed=cfg.seed,
     )
+    if device.type == "cuda":  # the whole data set fits on the GPU: no per-batch copies
+        data.train, data.test = data.train.to(device), data.test.to(device)
+        data.val = data.val.to(device) if data.val is not None else None
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.args)
     rule = build_rule(cfg.rule.name, model, **cfg.rule.args).to(device)
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +39,7 @@ KRIZ_URL = "https://www.cs.toronto.edu/~kriz/"
 JPEG_TAR = FileSpec("cifar10-jpeg.tar.gz", "1b8efc6b8e65c52ec0ceeeba50aeeaa5")
 JPEG_FOLDER = "cifar10-jpeg"
 _DECODED_VERSION = 1  # bump when the decoded cache layout changes
+_DECODED_KEYS = {"train_x", "train_y", "test_x", "test_y", "classes", "decoder"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def find_jpeg_tar(data_dir: Path | None) -> Path | None:
     return next((p for p in places if p.is_file()), None)
 
 
-def load_jpeg_tar(path: Path, spec: FileSpec = JPEG_TAR) -> RawData:
+def load_jpeg_tar(path: Path, spec: FileSpec) -> RawData:
     """CIFAR-10 from the JPEG tarball, decoded once and then read from the cache."""
     md5 = verify(path, spec, f"replace {spec.name} with the original file")
     cached = cache_dir() / "decoded" / f"cifar10-jpeg-{md5}-v{_DECODED_VERSION}.npz"
@@ -187,8 +189,9 @@ def load_jpeg_tar(path: Path, spec: FileSpec = JPEG_TAR) -> RawData:
 def _read_decoded(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError):  # absent or damaged: decode again
+            arrays = {k: z[k] for k in z.files}
+        return arrays if arrays.keys() >= _DECODED_KEYS else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or damaged
         return None
 
 
@@ -251,7 +254,7 @@ def load_cifar10(data_dir: Path | None, fetch: bool) -> RawData:
         return load_pickles(CIFAR10, folder, b"labels", b"label_names")
     tar = find_jpeg_tar(data_dir)
     if tar is not None:
-        return load_jpeg_tar(tar)
+        return load_jpeg_tar(tar, JPEG_TAR)
     if fetch:
         return load_pickles(CIFAR10, fetch_pickles(CIFAR10), b"labels", b"label_names")
     place = data_dir if data_dir is not None else "<data-dir>"

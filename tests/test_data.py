@@ -294,7 +294,9 @@ def test_verify_plain_file(tmp_path: Path) -> None:
     f.write_bytes(b"hello")
     good = FileSpec("blob", md5(b"hello"))
     assert checksums.verify(f, good, "hint") == md5(b"hello")
-    with pytest.raises(BiopropError, match=r"blob .*expected 0{32}; put it back"):
+    with pytest.raises(
+        BiopropError, match=r"blob is corrupt .*expected 0{32}\): replace it with the original blob"
+    ):
         checksums.verify(f, FileSpec("blob", "0" * 32), "put it back")
 
 

@@ -73,8 +73,8 @@ def cached_md5(path: Path, *, gunzip: bool = False) -> str:
 def verify(path: Path, spec: FileSpec, hint: str) -> str:
     """Check ``path`` against ``spec`` and return its content md5 (the file md5 if not gzip).
 
-    hint: where the file should go, e.g. "put X under <dir> or pass --download"; it ends the
-        one-line error for a missing or corrupt file.
+    hint: where a missing file should go, e.g. "put X under <dir>/ or pass --download". A corrupt
+        file's message names its path instead: replacing it there is the fix.
     """
     if not path.is_file():
         raise BiopropError(f"missing {spec.name}: {hint}")
@@ -85,8 +85,8 @@ def verify(path: Path, spec: FileSpec, hint: str) -> str:
         actual, expected, what = cached_md5(path), spec.md5, "md5"
     if actual != expected:
         raise BiopropError(
-            f"{spec.name} at {path} is corrupt or a different file: {what} {actual}, "
-            f"expected {expected}; {hint}"
+            f"{path} is corrupt or not the right file ({what} {actual}, expected {expected}): "
+            f"replace it with the original {spec.name}"
         )
     return cached_md5(path, gunzip=True) if gz else actual
 

@@ -139,7 +139,7 @@ def fetch_pickles(ps: PickleSet) -> Path:
 def load_pickles(ps: PickleSet, folder: Path, label_key: bytes, names_key: bytes) -> RawData:
     """Verify every file of ``ps`` in ``folder`` and stack the batches."""
     specs = (*ps.train, *ps.test, ps.meta)
-    hint = f"put the {ps.folder}/ folder of {ps.archive.name} in the data folder or pass --download"
+    hint = f"put the original file from {ps.archive.name} into {folder}/"
     digests = [verify(folder / s.name, s, hint) for s in specs]
     names = [n.decode() for n in read_pickle(folder / ps.meta.name).get(names_key, [])]
     if not names:
@@ -171,7 +171,7 @@ def find_jpeg_tar(data_dir: Path | None) -> Path | None:
 
 def load_jpeg_tar(path: Path, spec: FileSpec) -> RawData:
     """CIFAR-10 from the JPEG tarball, decoded once and then read from the cache."""
-    md5 = verify(path, spec, f"replace {spec.name} with the original file")
+    md5 = verify(path, spec, f"put it at {path}")
     cached = cache_dir() / "decoded" / f"cifar10-jpeg-{md5}-v{_DECODED_VERSION}.npz"
     arrays = _read_decoded(cached)
     if arrays is None:

@@ -186,7 +186,7 @@ def render(suite: Suite) -> str:
         "",
         f"Produced by `bioprop bench {suite.path.as_posix()}` (suite `{suite.name}`) on "
         f"{datetime.date.today().isoformat()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads. Mean ± sample std over the seeds listed.",
+        f"threads per run: {torch.get_num_threads()}. Mean ± sample std over the seeds listed.",
         "",
         f"| run | epochs | seeds done | final {name} | best {name} | published | source | "
         f"target | s/epoch | time vs {suite.reference} |",

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bioprop.data import AVAILABLE, checksums, idx, load_dataset
 from bioprop.data.checksums import FileSpec
@@ -99,6 +101,13 @@ def test_idx_roundtrip(tmp_path: Path, shape: tuple[int, ...]) -> None:
     np.testing.assert_array_equal(out, arr)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=4), st.integers(0, 2**32 - 1))
+def test_idx_parse_any_shape(shape: list[int], seed: int) -> None:
+    arr = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(idx.parse_idx(idx_bytes(arr), len(shape), "x"), arr)
+
+
 def test_idx_dims_are_big_endian(tmp_path: Path) -> None:
     """A little-endian reading of the header would see 0x01000000 images, not 1."""
     arr = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
@@ -161,7 +170,7 @@ def test_mnist_files_directly_in_data_dir(tiny_mnist: tuple[Path, dict[str, byte
     flat = data.parent / "flat"
     (data / "mnist").rename(flat)
     assert idx.mnist(flat).train.x.shape[0] == 30
-    assert AVAILABLE["mnist"](flat) and not AVAILABLE["fashion-mnist"](data)
+    assert AVAILABLE["mnist"](flat) and not AVAILABLE["mnist"](data)
 
 
 def test_mnist_through_load_dataset(tiny_mnist: tuple[Path, dict[str, bytes]]) -> None:
@@ -301,7 +310,10 @@ def test_verify_plain_file(tmp_path: Path) -> None:
 
 
 def test_data_dir_is_never_written(tiny_mnist: tuple[Path, dict[str, bytes]]) -> None:
-    """Loading from a read-only folder works and leaves it exactly as it was."""
+    """Loading from a read-only folder works and leaves it exactly as it was.
+
+    chmod does not stop root, so the oracle is the (size, mtime) snapshot, not a PermissionError.
+    """
     data, _ = tiny_mnist
     before = snapshot(data)
     modes = {p: p.stat().st_mode for p in [data, *data.rglob("*")]}

@@ -57,28 +57,29 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         b = self.behaviour
+        n = len(b.log)  # requests are sequential: each is logged before its response is sent
         rng = self.headers.get("Range")
         body = b.files.get(self.path)
-        if len(b.log) < b.fail_first:
+        if n < b.fail_first:
             return self._send(500, b"", rng)
         if body is None:
             return self._send(404, b"", rng)
         start = int(rng.removeprefix("bytes=").rstrip("-")) if rng and b.ranges else 0
         if start >= len(body) > 0:
             return self._send(416, b"", rng)
-        drop = len(b.log) < b.fail_first + b.drop_first
+        drop = n < b.fail_first + b.drop_first
         status = 206 if start and b.ranges else 200
         self._send(status, body[start:], rng, total=len(body), start=start, drop=drop)
 
     def _send(self, status, body, rng, total=0, start=0, drop=False) -> None:
+        sent = body[: len(body) // 2] if drop else body
+        self.behaviour.log.append((self.path, rng, status, len(sent)))
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
         self.end_headers()
-        sent = body[: len(body) // 2] if drop else body
         self.wfile.write(sent)
-        self.behaviour.log.append((self.path, rng, status, len(sent)))
         if drop:
             self.close_connection = True
 

@@ -6,6 +6,8 @@ labels 0x00000801 (N). The whole file is gunzipped into memory and viewed with `
 which decodes the 47 MB of MNIST training images in well under a second.
 
 Files are looked for in ``<data_dir>/<folder>/``, then ``<data_dir>/``, then the download cache.
+MNIST and Fashion-MNIST share file names, so files directly in ``<data_dir>`` count as found for
+both; loading the wrong one then fails its md5 check with a message naming the file.
 """
 
 from __future__ import annotations

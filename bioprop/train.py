@@ -72,11 +72,18 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
     o = cfg.optim
     if o.name == "sgd":
         return torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+            params,
+            lr=o.lr,
+            momentum=o.momentum,
+            nesterov=o.nesterov,
+            weight_decay=o.weight_decay,
+            fused=o.fused,
         )
     if o.name in ("adam", "adamw"):
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        return cls(
+            params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=o.fused
+        )
     raise BiopropError(f"unknown optimizer {o.name!r}; known: sgd, adam, adamw")
 
 

@@ -28,6 +28,7 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 1000
     download: bool = False
+    swap_splits: bool = False  # train on the official test split, test on the training split
 
 
 @dataclass

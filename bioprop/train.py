@@ -131,12 +131,14 @@ def build(cfg: TrainConfig, data_dir: str | None = None) -> Setup:
         normalize=cfg.data.normalize,
         val_size=cfg.data.val_size,
         seed=cfg.seed,
+        swap_splits=cfg.data.swap_splits,
     )
     if device.type == "cuda":  # the whole data set fits on the GPU: no per-batch copies
         data.train, data.test = data.train.to(device), data.test.to(device)
         data.val = data.val.to(device) if data.val is not None else None
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, **cfg.model.args)
     rule = build_rule(cfg.rule.name, model, **cfg.rule.args).to(device)
+    rule.prepare(data.train)
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     shuffle = torch.Generator().manual_seed(cfg.seed)
     return Setup(cfg, data, rule, opt, make_scheduler(cfg, opt), device, shuffle)
@@ -188,7 +190,13 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
             )
         if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
             history.append(
-                {"kind": "diag", "epoch": epoch, "step": step, **alignment(rule, x, y, rng)}
+                {
+                    "kind": "diag",
+                    "epoch": epoch,
+                    "step": step,
+                    **alignment(rule, x, y, rng),
+                    **rule.metrics(),
+                }
             )
         s.opt.step()
         b_loss, b_correct = float(out.loss), float((out.logits.argmax(1) == y).sum())

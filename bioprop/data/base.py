@@ -110,16 +110,19 @@ def load_dataset(
     normalize: bool = False,
     val_size: int | float = 0,
     seed: int = 0,
+    swap_splits: bool = False,
 ) -> Data:
     """Load ``name`` and apply the options every data set shares.
 
     normalize: subtract the per-channel train mean and divide by the std (else pixels stay in
         [0, 1]). Statistics come from the training part only (after the validation split).
     val_size: a count, or a fraction of the training set, held out with a seeded permutation.
+    swap_splits: train on the official test split and test on the official training split
+        (done first, so validation and normalisation statistics come from the new training part).
     """
     raw = DATASETS.get(name)(resolve_data_dir(data_dir), download)
-    train, val = _split_val(raw.train, val_size, seed)
-    test = raw.test
+    train, test = (raw.test, raw.train) if swap_splits else (raw.train, raw.test)
+    train, val = _split_val(train, val_size, seed)
     if normalize:
         mean, std = _channel_stats(train.x)
         train, test = _norm(train, mean, std), _norm(test, mean, std)

@@ -67,6 +67,14 @@ class Rule(nn.Module):
         """(W, B) pairs whose angle diagnostics should report; none by default."""
         return []
 
+    def prepare(self, train: Any) -> None:
+        """Called once by the loop with the training ``Split`` before training (statistics,
+        data-dependent init); nothing by default. Rule state set here must be buffers."""
+
+    def metrics(self) -> dict[str, float]:
+        """Rule-specific diagnostics (floats), logged with the ``diagnostics_every`` rows."""
+        return {}
+
 
 RULES: Registry[type[Rule]] = Registry("rule")
 

@@ -1,0 +1,123 @@
+"""Offline reduced-rank regression (RRR), Bio-RRR and CCA in closed form: the reference for BMVR.
+
+Data are centred per feature; ``Cxx = XᵀX/T``, ``Cxy = XᵀY/T``, ``Cyy = YᵀY/T``.
+For ``s`` in [0, 1], ``S = s·Cyy + (1−s)·I`` and the rank-k problem is
+
+    min_{Vx, Vy} E‖y − S·Vy·Vxᵀ·x‖²_{S⁻¹}   s.t.  Vxᵀ·Cxx·Vx = I_k
+
+(s = 0: reduced-rank regression; s = 1: canonical correlation analysis). With
+``M = Cxx^{-1/2}·Cxy·S^{-1/2} = U·diag(σ)·Wᵀ`` the optimum is ``Vx* = Cxx^{-1/2}·U[:, :k]``,
+``Vy* = S⁻¹·Cyx·Vx*`` and ``L* = Tr(S⁻¹·Cyy) − Σ_{i≤k} σ_i²`` (Bio-RRR, arXiv 2010.12660).
+
+A singular ``Cxx`` (constant pixels) is handled on its range: inverse powers drop eigenvalues
+below ``rcond·λmax``, so directions the data never excite get no weight and cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RRRSolution:
+    """The closed-form optimum. ``sigma`` holds all singular values of M, largest first."""
+
+    vx: Tensor  # m × k
+    vy: Tensor  # n × k
+    sigma: Tensor
+    loss: float  # L*
+    s: float
+
+
+def covariances(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(Cxx, Cxy, Cyy) of already centred rows ``x`` (T × m) and ``y`` (T × n)."""
+    t = x.shape[0]
+    return x.T @ x / t, x.T @ y / t, y.T @ y / t
+
+
+def psd_power(c: Tensor, p: float, rcond: float = 1e-10) -> Tensor:
+    """``C^p`` of a symmetric PSD matrix; for p < 0 a pseudo-power on the range of C."""
+    lam, vec = torch.linalg.eigh(c)
+    keep = lam > rcond * lam.abs().max()
+    lam_p = torch.where(keep, lam.clamp_min(0) ** p if p > 0 else lam.clamp_min(1e-300) ** p, 0)
+    return (vec * lam_p) @ vec.T
+
+
+def s_matrix(cyy: Tensor, s: float) -> Tensor:
+    """``S = s·Cyy + (1−s)·I``."""
+    return s * cyy + (1 - s) * torch.eye(cyy.shape[0], dtype=cyy.dtype, device=cyy.device)
+
+
+def solve_rrr(
+    cxx: Tensor, cxy: Tensor, cyy: Tensor, k: int, s: float = 0.0, rcond: float = 1e-10
+) -> RRRSolution:
+    """Closed-form rank-``k`` Bio-RRR optimum (s = 0 RRR, s = 1 CCA) via one SVD."""
+    if not 0 <= s <= 1:
+        raise ValueError(f"s must lie in [0, 1], got {s}")
+    smat = s_matrix(cyy, s)
+    cxx_ih = psd_power(cxx, -0.5, rcond)
+    m_mat = cxx_ih @ cxy @ psd_power(smat, -0.5, rcond)
+    u, sigma, _ = torch.linalg.svd(m_mat, full_matrices=False)
+    if k > sigma.numel():
+        raise ValueError(f"rank k={k} exceeds min(m, n)={sigma.numel()}")
+    vx = cxx_ih @ u[:, :k]
+    s_inv = torch.linalg.pinv(smat, rtol=rcond, hermitian=True)
+    vy = s_inv @ cxy.T @ vx
+    loss = float(torch.trace(s_inv @ cyy) - (sigma[:k] ** 2).sum())
+    return RRRSolution(vx, vy, sigma, loss, s)
+
+
+def rrr_loss(
+    vx: Tensor, vy: Tensor, cxx: Tensor, cxy: Tensor, cyy: Tensor, s: float = 0.0
+) -> float:
+    """``E‖y − S·Vy·Vxᵀ·x‖²_{S⁻¹}`` from covariances (for s = 0 the plain squared error)."""
+    smat = s_matrix(cyy, s)
+    b = vy @ vx.T  # n × m
+    s_inv = torch.linalg.pinv(smat, hermitian=True)
+    return float(
+        torch.trace(s_inv @ cyy) - 2 * torch.trace(b @ cxy) + torch.trace(b.T @ smat @ b @ cxx)
+    )
+
+
+def bound(
+    vx: Tensor, vy: Tensor, q: Tensor, cxx: Tensor, cxy: Tensor, cyy: Tensor, s: float = 0.0
+) -> float:
+    """The min–max objective L̃ that BMVR descends in (Vx, Vy) and ascends in Q."""
+    smat = s_matrix(cyy, s)
+    s_inv = torch.linalg.pinv(smat, hermitian=True)
+    eye = torch.eye(vx.shape[1], dtype=vx.dtype, device=vx.device)
+    return float(
+        torch.trace(s_inv @ cyy)
+        - 2 * torch.trace(vy.T @ cxy.T @ vx)
+        + torch.trace(vy.T @ smat @ vy)
+        + torch.trace(q @ q.T @ (vx.T @ cxx @ vx - eye))
+    )
+
+
+def constraint_error(vx: Tensor, cxx: Tensor) -> float:
+    """``‖Vxᵀ·Cxx·Vx − I‖_F``: how far the hidden outputs are from unit covariance."""
+    eye = torch.eye(vx.shape[1], dtype=vx.dtype, device=vx.device)
+    return float(torch.linalg.matrix_norm(vx.T @ cxx @ vx - eye))
+
+
+def projector(v: Tensor) -> Tensor:
+    """Orthogonal projector ``V(VᵀV)⁻¹Vᵀ`` onto the column space of V."""
+    q, _ = torch.linalg.qr(v)
+    return q @ q.T
+
+
+def subspace_distance(a: Tensor, b: Tensor) -> float:
+    """``‖P(A) − P(B)‖²_F``: 0 iff the column spaces agree, 2k when they are orthogonal."""
+    return float(torch.linalg.matrix_norm(projector(a) - projector(b)) ** 2)
+
+
+def rank_k_projection_of_ols(cxx: Tensor, cxy: Tensor, k: int) -> Tensor:
+    """``P_k·B_ols`` with ``B_ols = Cyx·Cxx⁻¹`` and ``P_k`` the top-k eigenvectors of
+    ``B_ols·Cxx·B_olsᵀ``: the classical RRR map, an independent route to s = 0's optimum."""
+    b_ols = torch.linalg.solve(cxx, cxy).T
+    _, vec = torch.linalg.eigh(b_ols @ cxx @ b_ols.T)
+    top = vec[:, -k:]
+    return top @ top.T @ b_ols

@@ -75,10 +75,12 @@ def rrr_loss(
 ) -> float:
     """``E‖y − S·Vy·Vxᵀ·x‖²_{S⁻¹}`` from covariances (for s = 0 the plain squared error)."""
     smat = s_matrix(cyy, s)
-    b = vy @ vx.T  # n × m
     s_inv = torch.linalg.pinv(smat, hermitian=True)
+    # Tr(BᵀSB·Cxx) with B = Vy·Vxᵀ, in k×k products (cheap for large m)
     return float(
-        torch.trace(s_inv @ cyy) - 2 * torch.trace(b @ cxy) + torch.trace(b.T @ smat @ b @ cxx)
+        torch.trace(s_inv @ cyy)
+        - 2 * torch.trace(vy.T @ cxy.T @ vx)
+        + torch.trace((vy.T @ smat @ vy) @ (vx.T @ cxx @ vx))
     )
 
 

@@ -216,7 +216,7 @@ def test_batch_gda_with_exact_covariances_reaches_offline_optimum(problem, seed)
 def test_offline_optimum_is_a_fixed_point_of_the_rule(problem, s):
     """With exact covariances the update vanishes at (Vx*, Vy*, Q*), Q*Q*ᵀ = Vx*ᵀCxyVy*, for
     every s: the rule's saddle is the Bio-RRR / CCA optimum. (For s = 1 plain GDA at τ = 0.5
-    oscillates on this problem instead of converging; see docs/bmvr-tests.md.)"""
+    oscillates on this problem instead of converging; see docs/bmvr-notes.md.)"""
     cxx, cxy, cyy = problem["cxx"], problem["cxy"], problem["cyy"]
     sol = linalg.solve_rrr(cxx, cxy, cyy, K, s)
     rule = make_rule(s=s)
@@ -264,6 +264,43 @@ def test_online_minibatch_reaches_offline_loss(problem, decoupled):
             opt.step()
     loss = linalg.rrr_loss(rule.w1.T.detach(), rule.w2.detach(), cxx, cxy, cyy)
     assert 0 <= loss / sol.loss - 1 < 0.002
+
+
+@pytest.mark.parametrize("init", ["whiten", "scale", "cov"])
+def test_prepare_standardises_inputs_and_initialises_w1(problem, init):
+    """prepare: centred inputs with λmax(Ĉxx) = 1, ȳ = target mean, and W1 such that
+    VxᵀĈxxVx = I (whiten) or E‖z‖² = k (scale, cov); the stored optimum is that of the
+    standardised data."""
+    from bioprop.data import Split
+
+    x, y = 3 * problem["x"] + 2, problem["y"] - 1  # uncentred, wrong scale
+    rule = make_rule(4, init=init)
+    rule.prepare(Split(x, y))
+    xc = rule.inputs(x)
+    cxx = xc.T @ xc / T
+    assert float(xc.mean(0).abs().max()) < 1e-12
+    assert abs(float(torch.linalg.eigvalsh(cxx)[-1]) - 1) < 1e-12
+    assert float((rule.y_mean + 1).abs().max()) < 1e-12
+    z, _ = rule.hidden(xc)
+    cz = z.T @ z / T
+    if init == "whiten":
+        assert float((cz - torch.eye(4, dtype=torch.float64)).abs().max()) < 1e-10
+    else:
+        assert abs(float(torch.trace(cz)) - 4) < 1e-10
+    sol = linalg.solve_rrr(cxx, *linalg.covariances(xc, y + 1)[1:], 4)
+    assert abs(rule.metrics()["bmvr/loss_opt"] / sol.loss - 1) < 1e-10
+
+
+def test_prepare_centres_relu_units():
+    """ReLU: each unit's relu(u) has unit variance and μ starts at its mean (z centred)."""
+    from bioprop.data import Split
+
+    x, y = synthetic(1)
+    rule = make_rule(5, activation="relu")
+    rule.prepare(Split(x, y))
+    z, _ = rule.hidden(rule.inputs(x))
+    assert float(z.mean(0).abs().max()) < 1e-10
+    assert float((z.std(0) - 1).abs().max()) < 1e-10
 
 
 # ---- nonlinear gate, guards -------------------------------------------------------------------

@@ -19,6 +19,7 @@ from bioprop.models.net import Net
 from bioprop.rules.base import Rule, StepOutput, register_rule
 
 UPDATES = ("bmvr", "bp")
+INITS = ("whiten", "scale", "cov")
 
 
 def check_net(model: nn.Module) -> None:
@@ -108,6 +109,7 @@ class BMVR(Rule):
         vy_init: float = 0.1,
         q_init: float = 1.0,
         scale_inputs: bool = True,
+        init: str = "whiten",
     ) -> None:
         super().__init__(model)
         check_net(model)
@@ -121,7 +123,9 @@ class BMVR(Rule):
             raise ValueError("need t0 >= 0, y_rate > 0, check_every >= 1 and q_init > 0")
         self.eta_q, self.y_rate, self.t0, self.s = eta_q, y_rate, t0, s
         self.decoupled, self.update, self.eps_mu = decoupled, update, eps_mu
-        self.scale_inputs = scale_inputs
+        self.scale_inputs, self.init = scale_inputs, init
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.whiten_samples, self.check_every, self.q_cond_max = (
             whiten_samples,
             check_every,
@@ -182,15 +186,20 @@ class BMVR(Rule):
         xc = xc / self.x_scale
         cxx, cxy, cyy = linalg.covariances(xc, yc)
         sub = xc[: self.whiten_samples]
-        vx = self.w1.T
+        vx, k = self.w1.T, self.w1.shape[0]
         c = vx.T @ (sub.T @ sub / len(sub)) @ vx
-        self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
+        if self.init == "whiten":
+            self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
+        else:
+            if self.init == "cov":  # W1's rows in the high-variance input directions
+                vx = sub.T @ (sub @ vx) / len(sub)
+                c = vx.T @ (sub.T @ sub / len(sub)) @ vx
+            self.w1.copy_(vx.T * (k / torch.trace(c)).sqrt())  # one scalar: E‖z‖² = k
         if self.relu:  # relu is 1-homogeneous: unit variance per unit, and μ0 = E[relu(u)]
             h = (sub @ self.w1.T).clamp_min(0)
             sd = h.std(0).clamp_min(1e-8)
             self.w1.div_(sd[:, None])
             self.mu.copy_(h.mean(0) / sd)
-        k = self.w1.shape[0]
         sol = linalg.solve_rrr(cxx, cxy, cyy, min(k, cxy.shape[1]), self.s)
         self.rank = int((sol.sigma > 1e-6 * sol.sigma[0]).sum())
         self.ref = {"cxx": cxx, "cxy": cxy, "cyy": cyy, "sol": sol, "x": xc[:2000]}

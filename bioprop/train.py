@@ -13,7 +13,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import bioprop
-from bioprop import results
+from bioprop import distributed, results
 from bioprop.config import TrainConfig, from_dict, to_dict
 from bioprop.data import Data, Split, batches, load_dataset
 from bioprop.diagnostics import alignment
@@ -49,6 +49,7 @@ class Setup:
     sched: torch.optim.lr_scheduler.LRScheduler | None
     device: torch.device
     shuffle: torch.Generator
+    dist: distributed.Dist = field(default_factory=distributed.Dist)
 
 
 def pick_device(name: str) -> torch.device:
@@ -122,6 +123,8 @@ def build(cfg: TrainConfig, data_dir: str | None = None) -> Setup:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    d = distributed.init(device.type)
+    device = distributed.local_device(device)
     seed_everything(cfg.seed, cfg.deterministic)
     data = load_dataset(
         cfg.data.name,
@@ -140,19 +143,31 @@ def build(cfg: TrainConfig, data_dir: str | None = None) -> Setup:
     rule = build_rule(cfg.rule.name, model, **cfg.rule.args).to(device)
     rule.prepare(data.train)
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    rule.attach_optimizer(opt)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    return Setup(cfg, data, rule, opt, make_scheduler(cfg, opt), device, shuffle)
+    return Setup(cfg, data, rule, opt, make_scheduler(cfg, opt), device, shuffle, d)
 
 
 @torch.no_grad()
-def evaluate(rule: Rule, split: Split, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(
+    rule: Rule,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    d: distributed.Dist | None = None,
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``rule.predict``; workers share the split."""
+    d = d or distributed.Dist()
     rule.eval()
     loss = correct = 0.0
-    for x, y in batches(split, batch_size, shuffle=False):
+    part = Split(*distributed.shard(split.x, split.y, d))
+    for x, y in batches(part, batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
         logits = rule.predict(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += float((logits.argmax(1) == y).sum())
+    if d.active:
+        loss, correct = distributed.all_sum([loss, correct], device)
     n = len(split)
     return {"loss": loss / n, "acc": correct / n}
 
@@ -171,7 +186,8 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
     if cfg.max_steps_per_epoch:
         n_batches = min(n_batches, cfg.max_steps_per_epoch)
     it = batches(s.data.train, cfg.data.batch_size, shuffle=True, generator=s.shuffle)
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+    show = cfg.progress and s.dist.main
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not show, leave=False)
     loss_sum = correct = seen = 0.0
     start = time.perf_counter()
     for i, (x, y) in enumerate(it):
@@ -181,14 +197,14 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
         rng = torch.get_rng_state() if cfg.diagnostics_every else None
         s.opt.zero_grad(set_to_none=True)
-        out = rule.step(x, y)
+        out, x, y = _step(s, x, y)
         if not _finite(out.loss, rule):
             bar.close()
             raise Diverged(
                 f"non-finite loss or update at epoch {epoch}, step {step}; "
                 "the checkpoint of the last finished epoch is kept"
             )
-        if cfg.diagnostics_every and step % cfg.diagnostics_every == 0:
+        if cfg.diagnostics_every and step % cfg.diagnostics_every == 0 and s.dist.main:
             history.append(
                 {
                     "kind": "diag",
@@ -208,12 +224,30 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
         bar.update()
     bar.close()
     seconds = time.perf_counter() - start
+    if s.dist.active:
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], s.device)
     return {
         "train_loss": loss_sum / seen,
         "train_acc": correct / seen,
         "seconds": seconds,
         "samples_per_s": seen / seconds,
     }
+
+
+def _step(s: Setup, x: torch.Tensor, y: torch.Tensor):
+    """``rule.step`` on this worker's slice; with several workers, grads and the loss become
+    global-batch means and data-dependent state is averaged (see bioprop.distributed).
+
+    Returns the step output and the slice it was computed on (for the running metrics).
+    """
+    xl, yl = distributed.shard(x, y, s.dist)
+    out = s.rule.step(xl, yl)
+    if s.dist.active:
+        params = [p for p in s.rule.model.parameters() if p.requires_grad]
+        out.loss = distributed.average_grads(params, out.loss, len(yl), len(y))
+        synced = [getattr(s.rule, n) for n in s.rule.synced_buffers]
+        distributed.average_buffers(synced + list(s.rule.model.buffers()), s.dist.world)
+    return out, xl, yl
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -319,6 +353,7 @@ def summarize(s: Setup, history: list[dict[str, Any]], status: str) -> dict[str,
         "peak_memory_mb": peak_memory_mb(s.device),
         "device": str(s.device),
         "threads": torch.get_num_threads(),
+        "workers": s.dist.world,
         "num_params": sum(p.numel() for p in s.rule.model.parameters()),
         **provenance(),
     }
@@ -345,7 +380,9 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, data_dir: str | None = 
         start_epoch, history = resume(s, out)
     elif (out / results.CHECKPOINT).exists() or (out / results.RESULT).exists():
         raise BiopropError(f"run directory {out} already holds a run; pass --resume or another out")
-    results.write_yaml(out / results.CONFIG, to_dict(cfg))
+    main = s.dist.main  # only rank 0 writes the run directory
+    if main:
+        results.write_yaml(out / results.CONFIG, to_dict(cfg))
     status = "finished"
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -353,19 +390,21 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, data_dir: str | None = 
             row["lr"] = s.opt.param_groups[0]["lr"]
             if s.sched:
                 s.sched.step()
-            ev = evaluate(s.rule, s.data.test, cfg.data.eval_batch_size, s.device)
+            ev = evaluate(s.rule, s.data.test, cfg.data.eval_batch_size, s.device, s.dist)
             row.update(test_loss=ev["loss"], test_acc=ev["acc"])
             if s.data.val is not None:
-                ev = evaluate(s.rule, s.data.val, cfg.data.eval_batch_size, s.device)
+                ev = evaluate(s.rule, s.data.val, cfg.data.eval_batch_size, s.device, s.dist)
                 row.update(val_loss=ev["loss"], val_acc=ev["acc"])
             history.append(row)
-            checkpoint(s, epoch, history, out)
-            # One line per epoch even without a progress bar: background runs log into files.
-            tqdm.write(_epoch_line(row), file=sys.stderr)
+            if main:
+                checkpoint(s, epoch, history, out)
+                # One line per epoch even without a progress bar: background logs are files.
+                tqdm.write(_epoch_line(row), file=sys.stderr)
     except Diverged:
-        write_outputs(s, history, out, "diverged")
+        if main:
+            write_outputs(s, history, out, "diverged")
         raise
-    return write_outputs(s, history, out, status)
+    return write_outputs(s, history, out, status) if main else summarize(s, history, status)
 
 
 def _epoch_line(r: dict[str, Any]) -> str:

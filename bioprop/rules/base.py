@@ -13,6 +13,7 @@ not a trainable weight and is updated by the rule itself inside ``step``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -48,9 +49,13 @@ class Rule(nn.Module):
     ``predict`` is what evaluation uses; relaxation networks override it.
     ``demo``: dotted config overrides with which ``bioprop demo`` trains this rule on the 8x8
     digits MLP (None keeps the rule out of the demo, e.g. when it needs another model).
+    ``synced_buffers``: names of buffers the rule updates from data (running means, lateral
+    matrices); data-parallel training averages them over workers after every step. Buffers
+    drawn from the RNG (feedback matrices) need no entry: identical seeding keeps them equal.
     """
 
     demo: ClassVar[dict[str, Any] | None] = None
+    synced_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -66,6 +71,15 @@ class Rule(nn.Module):
     def feedback_pairs(self) -> list[FeedbackPair]:
         """(W, B) pairs whose angle diagnostics should report; none by default."""
         return []
+
+    def bp_mode(self) -> contextlib.AbstractContextManager:
+        """Context in which autograd through ``self.model`` is plain backprop (the diagnostics'
+        reference); rules whose layers change the backward pass switch that off here."""
+        return contextlib.nullcontext()
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once by the loop with the optimizer that applies ``.grad`` (e.g. to register
+        step hooks); nothing by default."""
 
     def prepare(self, train: Any) -> None:
         """Called once by the loop with the training ``Split`` before training (statistics,

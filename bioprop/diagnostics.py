@@ -38,7 +38,7 @@ def bp_gradients(rule: Rule, x: Tensor, y: Tensor, rng_state: Tensor) -> dict[st
     after = torch.get_rng_state()
     torch.set_rng_state(rng_state)
     try:
-        with torch.enable_grad():
+        with rule.bp_mode(), torch.enable_grad():
             loss = F.cross_entropy(rule.model(x), y)
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     finally:

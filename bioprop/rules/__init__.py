@@ -1,6 +1,6 @@
 """Learning rules: one module per rule, all behind ``Rule.step`` and the ``RULES`` registry."""
 
-from bioprop.rules import bmvr, bp, sigprop  # noqa: F401  (importing registers the rules)
+from bioprop.rules import bmvr, bp, feedback, sigprop  # noqa: F401  (importing registers the rules)
 from bioprop.rules.base import (
     RULES,
     FeedbackPair,

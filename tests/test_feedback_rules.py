@@ -126,12 +126,13 @@ def test_dfa_with_one_hidden_layer_and_d_equal_w2_is_bp() -> None:
 
 
 def concordance(rule) -> float:
+    """Worst layer's fraction of sign agreement, counted here from feedback_pairs by hand."""
     values = []
     for pair in rule.feedback_pairs():
         nz = pair.weight != 0
-        values.append(
-            float((torch.sign(pair.feedback) == torch.sign(pair.weight))[nz].float().mean())
-        )
+        same = torch.sign(pair.feedback) == torch.sign(pair.weight)
+        values.append(float(same[nz].float().mean()))
+    assert abs(min(values) - min(rule.metrics().values())) < 1e-6  # the logged metric agrees
     return min(values)
 
 

@@ -84,6 +84,15 @@ class FeedbackRule(Backprop):
             if m in self.layers and m.reports_feedback
         ]
 
+    def metrics(self) -> dict[str, float]:
+        """``concordance/<layer>``: the fraction of entries with W ≠ 0 where sign B = sign W."""
+        out = {}
+        for pair in self.feedback_pairs():
+            nonzero = pair.weight != 0
+            same = torch.sign(pair.feedback) == torch.sign(pair.weight)
+            out[f"concordance/{pair.name}"] = float(same[nonzero].double().mean())
+        return out
+
 
 @register_rule("fa")
 class FeedbackAlignment(FeedbackRule):
@@ -159,16 +168,21 @@ class UniformSignFeedback(SignConcordantFA):
 
 @register_rule("brsf")
 class BatchRandomSignFeedback(SignConcordantFA):
-    """Batchwise random-magnitude sign-concordant feedback (brSF): B = |M_t| ∘ sign(W), M_t
-    redrawn on every training forward (Moskovitz et al., arXiv 1812.06488)."""
+    """Batchwise random-magnitude sign feedback (brSF): B = |M_t|∘sign(W), M_t redrawn per batch.
+
+    M_t is drawn on every training forward (Moskovitz et al., arXiv 1812.06488), only for layers
+    whose input needs a gradient (the first layer's feedback is never used).
+    """
 
     magnitude = "redraw"
 
 
 @register_rule("frsf")
 class FixedRandomSignFeedback(SignConcordantFA):
-    """Fixed random-magnitude sign-concordant feedback (frSF): B = |M_0| ∘ sign(W), M_0 drawn
-    once (Moskovitz et al., arXiv 1812.06488)."""
+    """Fixed random-magnitude sign feedback (frSF): B = |M_0|∘sign(W), M_0 drawn once.
+
+    Moskovitz et al., arXiv 1812.06488.
+    """
 
     magnitude = "fixed"
 

@@ -123,3 +123,24 @@ def rank_k_projection_of_ols(cxx: Tensor, cxy: Tensor, k: int) -> Tensor:
     _, vec = torch.linalg.eigh(b_ols @ cxx @ b_ols.T)
     top = vec[:, -k:]
     return top @ top.T @ b_ols
+
+
+def random_orthogonal(d: int, gen: torch.Generator) -> Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def synthetic_problem(seed: int = 0, t: int = 5000) -> tuple[Tensor, Tensor]:
+    """The BMVR spec's test problem (float64): m = 10, n = 6, ``x = O·diag(0.5…1.5)·g``,
+    ``y = U·diag(3, 2, .5, .3, .2, .1)·Wᵀ·x + 0.5·ε``; both centred, X scaled to λmax(Ĉxx) = 1.
+    Singular values come out near 3.05, 1.81, 0.51: a clear gap after k = 2."""
+    m, n = 10, 6
+    gen = torch.Generator().manual_seed(seed)
+    o = random_orthogonal(m, gen)
+    scale = torch.diag(torch.linspace(0.5, 1.5, m, dtype=torch.float64))
+    x = torch.randn(t, m, generator=gen, dtype=torch.float64) @ (o @ scale).T
+    u, w = random_orthogonal(n, gen), random_orthogonal(m, gen)[:, :n]
+    b = u @ torch.diag(torch.tensor([3, 2, 0.5, 0.3, 0.2, 0.1], dtype=torch.float64)) @ w.T
+    y = x @ b.T + 0.5 * torch.randn(t, n, generator=gen, dtype=torch.float64)
+    x, y = x - x.mean(0), y - y.mean(0)
+    return x / torch.linalg.eigvalsh(x.T @ x / t)[-1].sqrt(), y

@@ -29,25 +29,8 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def random_orthogonal(d: int, gen: torch.Generator) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r))
-
-
 def synthetic(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centred X (T×m), scaled so that λmax(Ĉxx) = 1, and centred Y (T×n)."""
-    gen = torch.Generator().manual_seed(seed)
-    o = random_orthogonal(M, gen)
-    x = (
-        torch.randn(T, M, generator=gen, dtype=torch.float64)
-        @ (o @ torch.diag(torch.linspace(0.5, 1.5, M, dtype=torch.float64))).T
-    )
-    u, w = random_orthogonal(N, gen), random_orthogonal(M, gen)[:, :N]
-    b = u @ torch.diag(torch.tensor([3, 2, 0.5, 0.3, 0.2, 0.1], dtype=torch.float64)) @ w.T
-    y = x @ b.T + 0.5 * torch.randn(T, N, generator=gen, dtype=torch.float64)
-    x, y = x - x.mean(0), y - y.mean(0)
-    x = x / torch.linalg.eigvalsh(x.T @ x / T)[-1].sqrt()
-    return x, y
+    return linalg.synthetic_problem(seed, T)
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +284,26 @@ def test_prepare_centres_relu_units():
     z, _ = rule.hidden(rule.inputs(x))
     assert float(z.mean(0).abs().max()) < 1e-10
     assert float((z.std(0) - 1).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu"])
+def test_bp_update_is_the_autograd_gradient(activation):
+    """update="bp" (the baseline on the same net) must write ∂/∂W of ½·mean‖y − ŷ‖², with
+    ŷ = W2·(act(W1·x) − μ), exactly as autograd computes it."""
+    rule = make_rule(4, activation=activation, update="bp")
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        rule.mu.copy_(torch.rand(4, generator=gen, dtype=torch.float64))
+    x = torch.randn(9, M, generator=gen, dtype=torch.float64)
+    y = torch.randn(9, N, generator=gen, dtype=torch.float64)
+    w1, w2 = rule.w1.detach().clone().requires_grad_(), rule.w2.detach().clone().requires_grad_()
+    u = x @ w1.T
+    z = (u.clamp_min(0) - rule.mu) if activation == "relu" else u
+    loss = 0.5 * ((y - z @ w2.T) ** 2).sum(1).mean()
+    g1, g2 = torch.autograd.grad(loss, [w1, w2])
+    rule.step(x, y)
+    assert float((rule.w1.grad - g1).abs().max()) < 1e-12
+    assert float((rule.w2.grad - g2).abs().max()) < 1e-12
 
 
 # ---- nonlinear gate, guards -------------------------------------------------------------------

@@ -46,7 +46,9 @@ def test_loop_logs_objective_against_the_offline_optimum(tmp_path):
         "optim.lr=0.01",
         "optim.momentum=0.0",
         "data.batch_size=8",
-        "diagnostics_every=60",
+        "diagnostics_every=45",
+        "epochs=2",
+        "threads=1",
     )
     train(cfg)
     with open(tmp_path / "run" / "metrics.csv") as f:

@@ -182,6 +182,7 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
     """One pass over the training set; returns mean train loss/accuracy and timing."""
     cfg, rule = s.cfg, s.rule
     rule.train()
+    rule.start_epoch(epoch)
     n_batches = math.ceil(len(s.data.train) / cfg.data.batch_size)
     if cfg.max_steps_per_epoch:
         n_batches = min(n_batches, cfg.max_steps_per_epoch)

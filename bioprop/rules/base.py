@@ -81,6 +81,10 @@ class Rule(nn.Module):
         """Called once by the loop with the optimizer that applies ``.grad`` (e.g. to register
         step hooks); nothing by default."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the loop before every training epoch (1-based, also after a resume); rules
+        with a schedule over epochs read it here; nothing by default."""
+
     def prepare(self, train: Any) -> None:
         """Called once by the loop with the training ``Split`` before training (statistics,
         data-dependent init); nothing by default. Rule state set here must be buffers."""

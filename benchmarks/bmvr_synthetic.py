@@ -37,6 +37,9 @@ def online(batch: int, eta: float, decoupled: bool, seed: int = 0) -> float:
     cxx, cxy, cyy = linalg.covariances(x, y)
     rule = make(seed, eta_q=eta / 0.5, t0=5000.0, decoupled=decoupled)
     whiten(rule, cxx)
+    if decoupled:  # R0 = Q0ᵀ would keep R ≡ Qᵀ: start R elsewhere
+        with torch.no_grad():
+            rule.R.add_(0.5 * torch.randn(K, K, dtype=torch.float64))
     opt = torch.optim.SGD(rule.model.parameters(), lr=eta, momentum=0.0)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(20):

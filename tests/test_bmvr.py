@@ -238,6 +238,9 @@ def test_online_minibatch_reaches_offline_loss(problem, decoupled):
     sol = linalg.solve_rrr(cxx, cxy, cyy, K)
     rule = make_rule(eta_q=0.1, t0=5000.0, decoupled=decoupled)
     whiten(rule, cxx)
+    if decoupled:  # R0 = Q0ᵀ would make R ≡ Qᵀ forever and the test moot
+        with torch.no_grad():
+            rule.R.add_(0.5 * torch.randn(K, K, dtype=torch.float64))
     opt = torch.optim.SGD(rule.model.parameters(), lr=0.05, momentum=0.0)
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):

@@ -198,8 +198,9 @@ def test_batch_gda_with_exact_covariances_reaches_offline_optimum(problem, seed)
 @pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
 def test_offline_optimum_is_a_fixed_point_of_the_rule(problem, s):
     """With exact covariances the update vanishes at (Vx*, Vy*, Q*), Q*Q*ᵀ = Vx*ᵀCxyVy*, for
-    every s: the rule's saddle is the Bio-RRR / CCA optimum. (For s = 1 plain GDA at τ = 0.5
-    oscillates on this problem instead of converging; see docs/bmvr-notes.md.)"""
+    every s: the rule's saddle is the Bio-RRR / CCA optimum, where the bound L̃ is tight.
+    (For s = 1 plain GDA at τ = 0.5 oscillates on this problem instead of converging; see
+    docs/bmvr-notes.md.)"""
     cxx, cxy, cyy = problem["cxx"], problem["cxy"], problem["cyy"]
     sol = linalg.solve_rrr(cxx, cxy, cyy, K, s)
     rule = make_rule(s=s)
@@ -208,6 +209,7 @@ def test_offline_optimum_is_a_fixed_point_of_the_rule(problem, s):
         rule.w1.copy_(sol.vx.T)
         rule.w2.copy_(sol.vy)
         rule.Q.copy_(q_star)
+    assert abs(linalg.bound(sol.vx, sol.vy, q_star, cxx, cxy, cyy, s) / sol.loss - 1) < 1e-10
     rule.step(*exact_rows(cxx, cxy, cyy))
     assert float(rule.w1.grad.abs().max()) < 1e-10
     assert float(rule.w2.grad.abs().max()) < 1e-10

@@ -268,6 +268,8 @@ class FeedbackLayer(nn.Module):
         """U(low·a, a) in W's shape, from the layer's generator if it has one."""
         w = self.weight
         u = torch.rand(w.shape, generator=self.gen, dtype=w.dtype).to(w.device)
+        if low == 0:  # brSF's hot path: one pass over a fresh tensor (same values)
+            return u.mul_(self.bound)
         return self.bound * (low + (1 - low) * u)
 
     @torch.no_grad()

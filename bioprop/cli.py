@@ -90,6 +90,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from bioprop.sweep import run_sweep
+
+    table = run_sweep(a.spec, workers=a.workers, storage_url=a.storage, data_dir=a.data_dir)
+    if not a.no_summary:
+        print(table, end="")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from bioprop.demo import run_demo
 
@@ -137,6 +146,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true")
     _add_data_dir(b)
     b.set_defaults(fn=cmd_bench)
+
+    w = sub.add_parser("sweep", help="grid / random / TPE sweep on Optuna storage")
+    w.add_argument("spec", metavar="SPEC.yaml")
+    w.add_argument("--workers", type=int, default=1, help="local worker processes")
+    w.add_argument("--storage", help="Optuna storage URL (default: the spec's, else SQLite)")
+    w.add_argument("--no-summary", action="store_true")
+    _add_data_dir(w)
+    w.set_defaults(fn=cmd_sweep)
 
     d = sub.add_parser("demo", help="compare the rules on the 8x8 digits (no download)")
     d.add_argument("--epochs", type=int, default=20)

@@ -6,6 +6,7 @@ A user mistake (``BiopropError``) prints one line and exits with 2; a diverged r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg.progress = False
     r = train(cfg, resume_run=a.resume, data_dir=a.data_dir)
     final, best = 100 * r["final_test_acc"], 100 * r["best_test_acc"]
-    print(f"final test accuracy {final:.2f}% (best {best:.2f}%)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report rather than one a worker
+        print(f"final test accuracy {final:.2f}% (best {best:.2f}%)")
     return 0
 
 

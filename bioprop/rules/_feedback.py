@@ -120,7 +120,8 @@ _MAGNITUDE: dict[str, Callable[[FeedbackLayer], Tensor | float]] = {
 _FEEDBACK: dict[str, Callable[[FeedbackLayer], Tensor | None]] = {
     "weight": lambda m: m.weight.detach(),
     "random": lambda m: m.R,
-    "sign": lambda m: _MAGNITUDE[m.fb.magnitude](m) * _sign(m.weight, m.fb.sign_zero),
+    # _sign returns a fresh tensor: scaling it in place saves a W-sized allocation per step
+    "sign": lambda m: _sign(m.weight, m.fb.sign_zero).mul_(_MAGNITUDE[m.fb.magnitude](m)),
     "direct": lambda m: None,
 }
 

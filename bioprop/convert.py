@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from bioprop.errors import BiopropError
-from bioprop.rules import build_rule
+from bioprop.rules import RULES, build_rule
 from bioprop.rules.feedback import FeedbackRule
 
 
@@ -36,8 +36,6 @@ def convert(
     Returns the converted model (the same object unless ``model`` is itself a single layer).
     last_layer: ``rule`` or ``bp`` (the output layer sends the error down through W itself).
     """
-    from bioprop.rules import RULES
-
     if not issubclass(RULES.get(rule), FeedbackRule):
         raise BiopropError(f"rule {rule!r} is not a feedback rule; use fa, dfa, usf, brsf, ...")
     if last_layer != "rule":

@@ -292,3 +292,16 @@ def test_state_dict_round_trip_reproduces_feedback(rule: str) -> None:
         fa, fb = ma.effective_feedback(), mb.effective_feedback()
         assert (fa is None and fb is None) or torch.equal(fa, fb)
         assert (ma.D is None and mb.D is None) or torch.equal(ma.D, mb.D)
+
+
+def test_convert_respects_exclude_and_rejects_other_rules() -> None:
+    """Excluded layers stay plain torch layers; a single layer converts to a feedback layer;
+    a rule outside the family is a user error, not a silent no-op."""
+    from bioprop.errors import BiopropError
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    model = convert(net, "usf", exclude=("0",))
+    assert type(model[0]) is nn.Linear and isinstance(model[2], FALinear)
+    assert isinstance(convert(nn.Linear(3, 2), "fa"), FALinear)
+    with pytest.raises(BiopropError, match="not a feedback rule"):
+        convert(nn.Sequential(nn.Linear(3, 2)), "bp")

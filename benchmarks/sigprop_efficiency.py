@@ -7,8 +7,8 @@
     bytes of activations (parameters excluded) that autograd holds for the weight update at any
     moment of one training step, counted with torch.autograd.graph.saved_tensors_hooks: a packed
     tensor counts from its save until its graph is freed. Deterministic. "Peak" is the rise of
-    the process's peak RSS over one first step, in a fresh subprocess per configuration (CPU)
-    or max_memory_allocated minus the allocation before the step (CUDA).
+    memory over one step after a warm-up step, in a fresh subprocess per configuration (CPU RSS)
+    or max_memory_allocated minus the allocation before the step (CUDA); see ``peak_one``.
 (b) Time. Median seconds per step over ``--steps`` steps after 2 warm-up steps, BP and SigProp
     steps alternating so that load from other processes hits both alike.
 (c) Pipeline. bioprop.pipeline on an MLP-SP of width 1024 and depth 4 (synthetic MNIST-shaped
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,28 +98,53 @@ def saved_bytes(name: str, n: int) -> int:
     return counter.peak
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
 def peak_one(name: str, n: int) -> float:
-    """In a fresh process: MiB by which one training step raises the peak memory."""
+    """In a fresh process: MiB by which the second training step raises memory above what is
+    allocated before it (model, data, warmed-up allocator). CUDA: max_memory_allocated; CPU:
+    resident set size sampled every 0.2 ms by a thread (the subprocess runs with a fixed mmap
+    threshold, so freed buffers go back to the OS and RSS tracks live memory)."""
     torch.set_num_threads(1)
     rule, (x, y) = make_rule(name, n), batch()
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if cuda:
         rule, x, y = rule.cuda(), x.cuda(), y.cuda()
+    rule.step(x, y)  # warm-up
+    for p in rule.parameters():
+        p.grad = None
+    if cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         rule.step(x, y)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
     rule.step(x, y)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    done.set()
+    thread.join()
+    return (max(peak[0], _rss()) - base) / 2**20
 
 
 def peak_subprocess(name: str, n: int) -> float:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
         [sys.executable, __file__, "--peak-one", name, str(n)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return float(out.stdout.strip().splitlines()[-1])
 

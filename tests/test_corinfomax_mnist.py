@@ -9,6 +9,7 @@ benchmarks/corinfomax-mnist.yaml (docs/corinfomax-mnist.md).
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -44,8 +45,9 @@ def test_init_angle_is_near_orthogonal():
 
 def test_first_thousand_batches(shared_data: Path, tmp_path: Path):
     """Angle < 80° after 500 batches and < 76° after 1000 (published ≈ 73–74° and ≈ 70°); test
-    accuracy after 1000 batches ≥ 90 % (measured 92.2 % for seed 0; a sign or scale slip in
-    the update, or a broken schedule, lands far below)."""
+    accuracy after 1000 batches ≥ 90 %. Measured: 91.40 % and 73.1° / 70.1° for seed 0 (this
+    test), 91.14 % and 73.2° / 70.1° for seed 10. A sign or scale slip in the update, or a
+    broken schedule, lands far below."""
     cfg = load_config(
         None,
         [
@@ -64,8 +66,6 @@ def test_first_thousand_batches(shared_data: Path, tmp_path: Path):
         summary = train(cfg, data_dir=str(shared_data))
     finally:
         torch.set_num_threads(before)
-    import csv
-
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     angle = {int(r["step"]): float(r["angle/layer2"]) for r in rows if r["kind"] == "diag"}
     assert angle[500] < 80 and angle[1000] < 76

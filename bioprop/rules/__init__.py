@@ -1,7 +1,7 @@
 """Learning rules: one module per rule, all behind ``Rule.step`` and the ``RULES`` registry."""
 
 import bioprop.rules.corinfomax  # noqa: F401  (registers the rule and its model)
-import bioprop.rules.microcircuit as _microcircuit  # noqa: F401  (registers microcircuit, bptt)
+import bioprop.rules.spiking as _spiking  # noqa: F401  (registers the spiking-net rules)
 from bioprop.rules import bmvr, bp, feedback, pepita, sigprop  # noqa: F401  (importing registers the rules)
 from bioprop.rules.base import (
     RULES,

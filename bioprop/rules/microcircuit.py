@@ -200,7 +200,7 @@ class Microcircuit(Rule):
 
     def feedback_pairs(self) -> list[FeedbackPair]:
         return [
-            FeedbackPair(f"stages.{k}.op", st.op.weight, self.feedback(k))
+            FeedbackPair(f"stages.{k}.op", st.op.weight.detach(), self.feedback(k))
             for k, st in enumerate(self.model.stages)
             if k > 0 and not isinstance(st.op, SumPool)
         ]

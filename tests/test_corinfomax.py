@@ -36,6 +36,7 @@ def make(widths: list[int], dtype=torch.float64, **kw):
     return rule.to(dtype)
 
 
+@torch.no_grad()
 def ref_dyn(rule, x, h0, beta, y, steps, jacobi=False):
     """Official-style dynamics, column-major: h[k] is N_k × n; returns the clamped states."""
     wf, wb, B = rule.wf, rule.wb, rule.B
@@ -58,6 +59,7 @@ def ref_dyn(rule, x, h0, beta, y, steps, jacobi=False):
     return [v.T for v in h[1:]]
 
 
+@torch.no_grad()
 def ref_update(rule, x, hf, hn, beta):
     """ΔW (to be added) as the mean over samples of per-sample outer products."""
     L, n = len(rule.wf), len(x)

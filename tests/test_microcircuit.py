@@ -18,6 +18,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 
 from bioprop.models import build_model
 from bioprop.models.spiking import SumPool
+from bioprop.rules import build_rule
 from bioprop.rules.microcircuit import Microcircuit, SurrogateBPTT, hebbian, split_errors
 
 TAU_M, TAU_S, THETA, K, T, N = 8.0, 2.0, 1.0, 5.0, 5, 4
@@ -326,3 +327,24 @@ def test_redraw_and_const_magnitudes():
     assert not torch.equal(m0, rule.M_1) and (rule.M_1 >= 0).all()
     const = Microcircuit(net, magnitude="const")
     assert torch.equal(const.M_1, torch.full_like(const.M_1, math.sqrt(2 / (30 + 25))))
+
+
+@pytest.mark.parametrize("make", [dense_net, conv_net], ids=["dense", "conv"])
+def test_equals_the_library_scfa_rule_on_the_spatial_snn(make):
+    """The library's ``scfa`` rule (CE on spike counts) on the same SNN in spatial mode gives the
+    microcircuit's grads with loss ``count_ce`` and the scfa layers' own M (1e-6)."""
+    net = make()
+    net.spatial = True
+    x, y = data(net)
+    scfa = build_rule("scfa", net, loss="ce", magnitude="fixed")
+    scfa.step(x, y)
+    want = {n: p.grad.clone() for n, p in scfa.model.named_parameters()}
+    rule = Microcircuit(scfa.model, loss="count_ce", faithful=True)
+    for k, st in enumerate(scfa.model.stages):
+        if k > 0 and not isinstance(st.op, SumPool):
+            setattr(rule, f"M_{k}", st.op.M.clone())
+    grads = rule.compute_grads(x, y)
+    check_rates(rule)
+    for name, g in want.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0)
+        assert g.abs().max() > 0, name

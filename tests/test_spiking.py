@@ -161,7 +161,8 @@ def test_microcircuit_trains_through_the_loop_with_diagnostics(tmp_path):
         "optim.name=adam",
         "optim.lr=0.003",
         "epochs=1",
-        "diagnostics_every=5",
+        "max_steps_per_epoch=20",
+        "diagnostics_every=10",
     )
     res = train(cfg)
     assert res["status"] == "finished" and res["final_test_acc"] > 0.15

@@ -90,7 +90,8 @@ class CorInfoMax(Rule):
     epoch schedule s(e) = ``lr_factor(e, lr_decay)`` scale the ``.grad`` (e = samples seen //
     training-set size, counted from ``prepare``; a ``max_steps_per_epoch`` cap shifts it). With
     ``optim: {name: sgd, lr: 1.0, momentum: 0}`` this is exactly the official plain SGD with one
-    rate per layer and kind; the loop's own scheduler should stay ``none``.
+    rate per layer and kind; the loop's own scheduler should stay ``none``. Defaults are the
+    MNIST 784-500-10 settings of spec §6, except ``mu_f``/``mu_b`` (1 per layer: set them).
 
     Prediction (``predict``) is the free-phase relaxation; it returns H_L (argmax = class).
     Samples do not interact, so the result does not depend on the evaluation batch size.
@@ -107,8 +108,8 @@ class CorInfoMax(Rule):
         x_mean, x_std: per-channel input transform (x − mean)/std applied inside the rule
             (CIFAR: mean (0.4914, 0.4822, 0.4465), std 3·(0.2023, 0.1994, 0.2010)); None keeps
             the loader's inputs.
-    ``metrics``: current s(e), last β and ‖γHB‖/‖H/ε‖ of the last nudged hidden state (how
-    much lateral inhibition enters the first layer's dynamics at all).
+    ``metrics``: current s(e), last β and ‖γHB‖/‖H/ε‖ of the first hidden layer's last
+    lateral-update state (how much lateral inhibition enters the dynamics at all).
     """
 
     # 8x8 digits, batch 32, 20 epochs: the MNIST rates doubled and no decay (96.9 % test;

@@ -96,7 +96,7 @@ class LIF(nn.Module):
         self.tau_mem, self.tau_syn, self.threshold, self.reset = tau_mem, tau_syn, threshold, reset
         self.beta = 1.0 if tau_mem is None else 1 - 1 / tau_mem
         self.alpha = 1 - 1 / tau_syn
-        self.sg_name, self.detach_reset = surrogate, detach_reset
+        self.detach_reset = detach_reset
         self.sg = _surrogate(surrogate, slope)
 
     def _spike(self, u: Tensor) -> Tensor:
@@ -127,7 +127,9 @@ class LIF(nn.Module):
                 u = self.beta * u + i_t
             s = self._spike(u) if spike_grad else (u > self.threshold).to(u.dtype)
             psi = self.alpha * psi + s / self.tau_syn
-            ss.append(s), us.append(u), ps.append(psi)
+            ss.append(s)
+            us.append(u)
+            ps.append(psi)
         return torch.stack(ss), torch.stack(us), torch.stack(ps)
 
 

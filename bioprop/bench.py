@@ -34,7 +34,7 @@ import torch
 
 from bioprop import results
 from bioprop.config import TrainConfig, apply_overrides, from_dict, read_yaml
-from bioprop.errors import BiopropError
+from bioprop.errors import BiopropError, Diverged
 from bioprop.report import Group, fmt, mean_curves
 
 SUITE_KEYS = {"name", "title", "doc", "runs_dir", "metric", "reference", "notes", "base", "entries"}
@@ -123,11 +123,20 @@ def run_dir(suite: Suite, entry: Entry, seed: int) -> Path:
     return suite.runs_dir / slug(entry.label) / f"s{seed}"
 
 
-def is_finished(d: Path, epochs: int) -> bool:
+def status(d: Path, epochs: int) -> str:
+    """ "finished", "diverged" (final: rerunning a seeded run diverges again) or "todo"."""
     if not (d / results.RESULT).is_file():
-        return False
+        return "todo"
     r = results.read_result(d)
-    return r.get("status") == "finished" and r.get("epochs_done") == epochs
+    if r.get("status") == "diverged":
+        return "diverged"
+    return (
+        "finished" if r.get("status") == "finished" and r.get("epochs_done") == epochs else "todo"
+    )
+
+
+def is_finished(d: Path, epochs: int) -> bool:
+    return status(d, epochs) == "finished"
 
 
 def run_suite(
@@ -148,11 +157,16 @@ def run_suite(
             cfg = from_dict(TrainConfig, copy.deepcopy(entry.config))
             cfg.seed, cfg.progress, d = seed, progress, run_dir(suite, entry, seed)
             cfg.out = str(d)
-            if is_finished(d, cfg.epochs):
+            if status(d, cfg.epochs) != "todo":
                 continue
             print(f"[bench {suite.name}] {entry.label} seed {seed} -> {d}", file=sys.stderr)
-            if not dry_run:
+            if dry_run:
+                continue
+            try:
                 train(cfg, resume_run=True, data_dir=data_dir)
+            except Diverged as err:  # a diverged run is a result; the suite goes on
+                print(f"[bench {suite.name}] {entry.label} seed {seed} diverged: {err}",
+                      file=sys.stderr)  # fmt: skip
 
 
 def entry_group(suite: Suite, entry: Entry) -> Group:
@@ -196,7 +210,9 @@ def render(suite: Suite) -> str:
         g = groups[e.label]
         final, best = _metric(g, "final_test_acc", scale), _metric(g, "best_test_acc", scale)
         t = g.seconds_per_epoch()
-        done = f"{len(g.results)}/{len(e.seeds)}"
+        epochs = e.config.get("epochs", TrainConfig().epochs)
+        n_div = sum(status(run_dir(suite, e, s), epochs) == "diverged" for s in e.seeds)
+        done = f"{len(g.results)}/{len(e.seeds)}" + (f" ({n_div} diverged)" if n_div else "")
         lines.append(
             f"| {e.label} | {e.config.get('epochs', '')} | {done} | {final} | {best} | "
             f"{_published(e, suite.metric)} | {e.published.get('source', '')} | {e.target} | "

@@ -27,14 +27,9 @@ from bioprop import distributed, results
 from bioprop.config import TrainConfig, from_dict, to_dict
 from bioprop.data import Data, Split, batches, load_dataset
 from bioprop.diagnostics import alignment
-from bioprop.errors import BiopropError
+from bioprop.errors import BiopropError, Diverged
 from bioprop.models import build_model
 from bioprop.rules import Rule, build_rule
-
-
-class Diverged(BiopropError):
-    """A non-finite loss or update; the last epoch's checkpoint is kept as it was."""
-
 
 # Keys of the config that may differ between a run and its resumption.
 RESUME_FREE = ("progress", "threads", "out", "device")

@@ -125,3 +125,24 @@ def test_console_script_entry_point(tmp_path) -> None:
         == "bioprop: error: unknown rule 'nope'; known: " + proc.stderr.split("known: ")[1].strip()
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_records_a_diverged_run_and_goes_on(capsys, tmp_path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"""
+doc: {tmp_path / "d.md"}
+runs_dir: {tmp_path / "runs"}
+base: {{data: {{name: digits}}, model: {{args: {{hidden: [16]}}}}, epochs: 1, progress: false}}
+entries:
+  - label: exploding
+    set: {{optim.lr: 1.0e+30}}
+  - label: fine
+"""
+    )
+    assert run_cli(capsys, "bench", str(suite))[0] == 0
+    table = (tmp_path / "d.md").read_text()
+    assert "| exploding | 1 | 0/1 (1 diverged) |" in table and "| fine | 1 | 1/1 |" in table
+    stamp = (tmp_path / "runs" / "exploding" / "s0" / "result.json").stat().st_mtime_ns
+    run_cli(capsys, "bench", str(suite))  # a diverged seeded run is not retried
+    assert (tmp_path / "runs" / "exploding" / "s0" / "result.json").stat().st_mtime_ns == stamp

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from bioprop import linalg
 from bioprop.data import Split
-from bioprop.errors import BiopropError
+from bioprop.errors import Diverged
 from bioprop.models.activations import Identity, ReLU
 from bioprop.models.net import Net
 from bioprop.rules.base import Rule, StepOutput, register_rule
@@ -258,7 +258,7 @@ class BMVR(Rule):
     def check(self, *grads: Tensor) -> None:
         """Raise a clear error instead of letting NaNs or a collapsed Q through."""
         if not all(bool(torch.isfinite(t).all()) for t in (*grads, self.Q)):
-            raise BiopropError(
+            raise Diverged(
                 f"bmvr: non-finite update or Q at sample {int(self.t)}: the saddle diverged. "
                 "Lower optim.lr (ηx·λmax(Cxx)·σ₁² ≲ 0.5 is needed), and centre/scale the inputs "
                 "(rule.prepare does this in the training loop)"
@@ -271,7 +271,7 @@ class BMVR(Rule):
             return  # extra units are unidentified: Q may lose rank legitimately (spec §2, §5)
         lam = torch.linalg.eigvalsh(self.Q @ self.Q.T)
         if not lam[0] > 0 or lam[-1] / lam[0] > self.q_cond_max:
-            raise BiopropError(
+            raise Diverged(
                 f"bmvr: Q has degenerated at sample {int(self.t)} (eig(QQᵀ) in "
                 f"[{float(lam[0]):.3g}, {float(lam[-1]):.3g}], cond > {self.q_cond_max:g}); "
                 "the interneurons lost rank. Raise eta_q relative to optim.lr "

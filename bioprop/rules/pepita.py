@@ -98,15 +98,18 @@ class Pepita(Rule):
     normalize: activation normalisation after each hidden activation, in both passes and at
         evaluation: ``none``, ``sample`` (per-sample L2) or ``batch`` (official Frobenius).
     conv_scale: a conv update divided by B (``sum``), B·P or B·√P (P = output positions).
+        With ``sum`` a two-conv-layer net diverged on the 8x8 digits at lr 0.01 (one conv
+        layer trains); deeper conv nets may need ``mean_positions``.
     official_conv_quirk: flip the conv update's sign and divide once more by B, as the official
         conv script does (only to reproduce its numbers; the filters then hardly move).
     mirror_every, mirror_pre_epochs: weight mirroring (WM) of the factors B_l in (0-based)
         epoch e if e < E_pre or (e+1) mod M = 0; during the first E_pre epochs only WM runs
-        (the weights get no ``.grad``). 0 and 0: no mirroring.
+        (the weights get no ``.grad``). 0 and 0: no mirroring. The epoch comes from the
+        loop through ``start_epoch``.
     mirror_lr, mirror_wd, mirror_noise: η_WM, λ_WM and the amplitude of the noise ξ.
     """
 
-    demo: ClassVar[dict[str, Any] | None] = {"model.args.dropout": 0.1, "optim.lr": 0.01}
+    demo: ClassVar[dict[str, Any] | None] = {}
 
     def __init__(
         self,
@@ -262,7 +265,19 @@ class Pepita(Rule):
         self._write(x.shape[0], inputs, acts, inputs_m, acts_m, e_out, logits.softmax(1), target)
         return logits
 
-    def _write(self, batch, inputs, acts, inputs_m, acts_m, e_out, probs, target) -> None:
+    def _write(
+        self,
+        batch: int,
+        inputs: list[Tensor],
+        acts: list[Tensor],
+        inputs_m: list[Tensor],
+        acts_m: list[Tensor],
+        e_out: Tensor,
+        probs: Tensor,
+        target: Tensor,
+    ) -> None:
+        """Fill ``.grad`` from both passes (block inputs, activities, output error and
+        probabilities, one-hot target); the Hebbian variant overrides only this."""
         for i, block in enumerate(self.blocks[:-1]):
             self._assign(block, self._grad(block, acts[i] - acts_m[i], inputs_m[i], batch))
         last = self.blocks[-1]
@@ -319,7 +334,17 @@ class PepitaHebbian(Pepita):
     h_lᵀ(h_{l−1} − hm_{l−1}) / B; the output is clamped to the target Y in pass 2.
     """
 
-    def _write(self, batch, inputs, acts, inputs_m, acts_m, e_out, probs, target) -> None:
+    def _write(
+        self,
+        batch: int,
+        inputs: list[Tensor],
+        acts: list[Tensor],
+        inputs_m: list[Tensor],
+        acts_m: list[Tensor],
+        e_out: Tensor,
+        probs: Tensor,
+        target: Tensor,
+    ) -> None:
         outs, outs_m = [*acts[:-1], probs], [*acts_m[:-1], target]
         for i, block in enumerate(self.blocks):
             g1 = self._grad(block, outs[i], inputs[i], batch)

@@ -227,8 +227,8 @@ def test_one_step_changes_every_layer_conv(model):
     kw = (
         {"channels": [4, 8], "fc": [16]} if model == "sigprop_cnn" else {"width": 1 / 32, "fc": 512}
     )
-    rule = build_rule("sigprop", build_model(model, (3, 32, 32), 4, **kw), loss="topk", k=2)
-    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    rule = build_rule("sigprop", build_model(model, (3, 16, 16), 4, **kw), loss="topk", k=2)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
     rule.step(x, y)
     for i in range(rule.num_layers):
         assert all(float(p.grad.abs().sum()) > 0 for p in rule.layer_params(i)), i

@@ -344,6 +344,30 @@ def test_time_local_step_sums_to_hebbian() -> None:
         assert a.abs().sum() > 0 and b.abs().sum() > 0
 
 
+def test_time_local_fresh_masks() -> None:
+    """fresh_masks (official): pass 2 draws its own dropout mask. B = 1, lr = 0: the units
+    silenced by dropout (active pre-activation, zero row of G) differ between (a) and (b),
+    and both sets are non-empty."""
+    model = make_mlp([10, 40, 3], dropout=0.5, bias=False)
+    x, y = torch.rand(1, 10, dtype=torch.float64), torch.tensor([1])
+    F = torch.randn(10, 3, dtype=torch.float64) * 0.2
+    w1 = model.blocks[0].op.weight.detach().clone()
+    rule = build_rule("pepita_tl", model)
+    rule.F.copy_(F)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    seen = []
+    opt.register_step_pre_hook(lambda *_: seen.append(model.blocks[0].op.weight.grad.clone()))
+    rule.attach_optimizer(opt)
+    out = rule.step(x, y)
+    opt.step()
+    e = out.logits.softmax(1) - nnf.one_hot(y, 3).double()
+    z, z_mod = x @ w1.T, (x - e @ F.T) @ w1.T
+    dropped_a = (seen[0].abs().sum(1) == 0) & (z[0] > 0)
+    dropped_b = (seen[1].abs().sum(1) == 0) & (z_mod[0] > 0)
+    assert dropped_a.any() and dropped_b.any()
+    assert not torch.equal(dropped_a, dropped_b)
+
+
 def test_time_local_second_pass_uses_updated_weights() -> None:
     """With lr > 0 the modulated pass runs on the weights after step (a): its grads equal the
     (b) grads computed by hand from those weights."""

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from bioprop.models.net import Block
+from bioprop.models.net import Block, Net
 from bioprop.rules.base import FeedbackPair, Rule, StepOutput, register_rule
 
 FEEDBACKS = ("uniform", "normal", "factorised")
@@ -138,6 +138,8 @@ class Pepita(Rule):
         for name, value, allowed in choices:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not isinstance(model, Net):
+            raise TypeError(f"PEPITA needs a bioprop Net of Blocks, got {type(model).__name__}")
         self.blocks: list[Block] = list(model.blocks)
         for b in self.blocks:
             if b.norm is not None or (b.pool is not None and b.drop is not None):

@@ -193,7 +193,8 @@ def write_doc(out: Path, mem: dict, peak: dict, times: dict, pipe: dict, cmd: st
         "# SigProp vs BP: memory, time per step, layer-parallel throughput",
         "",
         f"Produced by `{cmd}` (one run; {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, CPU, 2 cores shared with other jobs while measured).",
+        f"torch {torch.__version__}, CPU, {os.cpu_count()} cores shared with other jobs; load "
+        f"average at the end {os.getloadavg()[0]:.1f}).",
         "Method: see the docstring of `benchmarks/sigprop_efficiency.py`.",
         "",
         "## (a) Activation memory retained for the weight update vs depth",

@@ -192,15 +192,12 @@ def make_study(spec: SweepSpec):
 
 
 def objective(spec: SweepSpec, data_dir: str | None):
-    import optuna
 
     from bioprop.train import train
 
     def run(trial) -> float:
         params = suggest(trial, spec)
-        if _taken_by_other(trial, params):
-            time.sleep(1.0)  # the grid is all started; let its last trials finish elsewhere
-            raise optuna.TrialPruned("another worker runs these parameters")
+        _wait_for_others(trial, params)
         cfg = trial_config(spec, params)
         trial.set_user_attr("run_dir", cfg.out)
         done = Path(cfg.out) / results.RESULT
@@ -213,6 +210,18 @@ def objective(spec: SweepSpec, data_dir: str | None):
         return float(r[spec.metric])
 
     return run
+
+
+def _wait_for_others(trial, params: dict[str, Any]) -> None:
+    """When every grid point has started, the grid sampler hands out running ones again. Wait
+    until the other worker finishes (this trial then reads its result) or is found dead (this
+    trial resumes its checkpoint: the run directory is the same). Pruning the duplicate instead
+    would count the point as visited and could end the grid with it unfinished."""
+    import optuna
+
+    while _taken_by_other(trial, params):
+        time.sleep(1.0)
+        optuna.storages.fail_stale_trials(trial.study)
 
 
 def _taken_by_other(trial, params: dict[str, Any]) -> bool:
@@ -283,6 +292,7 @@ def summary(spec: SweepSpec) -> str:
 
     study = make_study(spec)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = list({t.user_attrs.get("run_dir", t.number): t for t in trials}.values())
     trials.sort(key=lambda t: t.value, reverse=spec.direction == "maximize")
     lines = [f"| trial | {spec.metric} | run directory |", "|---:|---:|---|"]
     lines += [f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('run_dir', '')} |" for t in trials]

@@ -54,12 +54,16 @@ def completed(spec: Path, storage: str | None = None):
     return study.get_trials(states=(TrialState.COMPLETE,))
 
 
-def check_grid(spec: Path, storage: str | None, n: int) -> None:
+def check_grid(spec: Path, storage: str | None, n: int, epochs: int = 1) -> None:
+    """Every grid point completed, each trained exactly once (a trial that found its point taken
+    by a worker that then finished may complete too, reading the same run directory)."""
     trials = completed(spec, storage)
-    dirs = [t.user_attrs["run_dir"] for t in trials]
-    assert len(trials) == n and len(set(dirs)) == n  # each grid point once
-    values = [results.read_result(d)["best_test_acc"] for d in dirs]
-    assert sorted(t.value for t in trials) == sorted(values)
+    dirs = {t.user_attrs["run_dir"] for t in trials}
+    assert len(dirs) == n
+    for t in trials:
+        r = results.read_result(t.user_attrs["run_dir"])
+        assert t.value == r["best_test_acc"]
+        assert [e["epoch"] for e in r["epochs"]] == list(range(1, epochs + 1))
 
 
 GRID = "sampler: grid\ngrid: {seed: [0, 1], optim.lr: [0.03, 0.1]}\n"
@@ -72,8 +76,9 @@ def test_grid_sweep_two_workers_sqlite(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "sweep.md").read_text() == table
     assert "Grouped over seeds" in table and "| 2 |" in table  # 2 lr groups x 2 seeds
     before = (tmp_path / "runs.db").stat().st_mtime_ns
+    n_done = len(completed(spec))
     run_sweep(spec)  # a finished sweep runs nothing more
-    assert len(completed(spec)) == 4
+    assert len(completed(spec)) == n_done
     assert before <= (tmp_path / "runs.db").stat().st_mtime_ns
 
 
@@ -118,12 +123,11 @@ def test_interrupted_sweep_continues_and_resumes_the_crashed_run(
     crashed = Path(glob.glob(str(tmp_path / "runs" / "*" / results.CHECKPOINT))[0]).parent
     assert not (crashed / results.RESULT).exists()
     run_sweep(spec)
-    check_grid(spec, None, 2)
+    check_grid(spec, None, 2, epochs=6)
     r = results.read_result(crashed)
     assert r["status"] == "finished" and r["epochs_done"] == 6
-    # The retried trial continued from the checkpoint: its log holds the epochs of both processes
-    # exactly once, and the crashed trial is recorded as failed.
-    assert [e["epoch"] for e in r["epochs"]] == list(range(1, 7))
+    # The crashed run continued from its checkpoint (its log holds each epoch once, checked by
+    # check_grid) and the crashed trial is recorded as failed.
     from optuna.trial import TrialState
 
     failed = make_study(load_spec(spec)).get_trials(states=(TrialState.FAIL,))

@@ -317,7 +317,7 @@ def test_extract_rejects_unsafe_members(tmp_path: Path, bad: tarfile.TarInfo) ->
 
 def test_extract_ok(tmp_path: Path) -> None:
     archive = tmp_path / "a.tar"
-    write_tar(archive, [_file("root/a"), _file("./root/sub/b")])
-    out = dl.extract_tar(archive, tmp_path, "root")
+    write_tar(archive, [_file("top/a"), _file("./top/sub/b")])
+    out = dl.extract_tar(archive, tmp_path, "top")
     assert (out / "a").read_bytes() == b"x" and (out / "sub" / "b").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

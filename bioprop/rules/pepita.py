@@ -244,13 +244,14 @@ class Pepita(Rule):
 
     def _grad(self, block: Block, post: Tensor, pre: Tensor, batch: int) -> tuple[Tensor, ...]:
         """post ⊗ pre summed, divided by the batch size (and scaled as chosen for a conv)."""
-        g = outer(block, post, pre)
         scale = 1.0 / batch
         if isinstance(block.op, nn.Conv2d):
             scale *= CONV_SCALES[self.conv_scale](post[0, 0].numel())
             if self.quirk:
                 scale *= -1.0 / batch
-        return tuple(t * scale if t is not None else None for t in g)
+        # The sum is linear in ``post``: scaling it (B × d_out) is far cheaper than scaling the
+        # weight-sized result, which cost a sixth of a step on a 3072-1024-10 net.
+        return outer(block, post * scale, pre)
 
     def _assign(self, block: Block, grads: tuple[Tensor, ...]) -> None:
         block.op.weight.grad = grads[0]

@@ -230,6 +230,17 @@ def train_epoch(s: Setup, epoch: int, history: list[dict[str, Any]]) -> dict[str
     }
 
 
+def dense_grads(params) -> None:
+    """Make every ``.grad`` contiguous. torch's fused SGD (and the other fused optimizers) read
+    a grad's storage as if it were contiguous: a transposed ``.grad`` (e.g. ``d.T`` of an
+    m × k update for a k × m weight) is applied scrambled, silently (checked on torch 2.13;
+    ``tests/test_train.py``). Rules write updates of any layout, so the loop fixes it once here;
+    a contiguous grad is left untouched (no copy)."""
+    for p in params:
+        if p.grad is not None and not p.grad.is_contiguous():
+            p.grad = p.grad.contiguous()
+
+
 def _step(s: Setup, x: torch.Tensor, y: torch.Tensor):
     """``rule.step`` on this worker's slice; with several workers, grads and the loss become
     global-batch means and data-dependent state is averaged (see bioprop.distributed).
@@ -238,6 +249,7 @@ def _step(s: Setup, x: torch.Tensor, y: torch.Tensor):
     """
     xl, yl = distributed.shard(x, y, s.dist)
     out = s.rule.step(xl, yl)
+    dense_grads(s.rule.parameters())
     if s.dist.active:
         params = [p for p in s.rule.model.parameters() if p.requires_grad]
         out.loss = distributed.average_grads(params, out.loss, len(yl), len(y))

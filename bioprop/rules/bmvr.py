@@ -19,7 +19,7 @@ from bioprop.models.net import Net
 from bioprop.rules.base import Rule, StepOutput, register_rule
 
 UPDATES = ("bmvr", "bp")
-INITS = ("whiten", "scale", "cov")
+INITS = ("whiten", "scale", "cov", "keep")
 
 
 def check_net(model: nn.Module) -> None:
@@ -196,7 +196,9 @@ class BMVR(Rule):
         sub = xc[: self.whiten_samples]
         vx, k = self.w1.T, self.w1.shape[0]
         c = vx.T @ (sub.T @ sub / len(sub)) @ vx
-        if self.init == "whiten":
+        if self.init == "keep":
+            pass
+        elif self.init == "whiten":
             self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
         else:
             if self.init == "cov":  # W1's rows in the high-variance input directions
@@ -205,7 +207,7 @@ class BMVR(Rule):
             self.w1.copy_(vx.T * (k / torch.trace(c)).sqrt())  # one scalar: E‖z‖² = k
         if self.relu:  # relu is 1-homogeneous: unit variance per unit, and μ0 = E[relu(u)]
             h = (sub @ self.w1.T).clamp_min(0)
-            sd = h.std(0).clamp_min(1e-8)
+            sd = h.std(0).clamp_min(1e-8) if self.init != "keep" else torch.ones_like(h[0])
             self.w1.div_(sd[:, None])
             self.mu.copy_(h.mean(0) / sd)
         sol = linalg.solve_rrr(cxx, cxy, cyy, min(k, cxy.shape[1]), self.s)
@@ -236,16 +238,16 @@ class BMVR(Rule):
         if self.update == "bp":
             e = yc - y_hat
             d_vy = e.T @ z / b
-            d_vx = xc.T @ (g * (e @ w2)) / b
+            d_w1 = (g * (e @ w2)).T @ xc / b  # = d_vxᵀ, computed k × m so it is contiguous
         else:
             a, n, p = self.currents(z, yc)
-            d_vx = xc.T @ (g * p) / b
+            d_w1 = (g * p).T @ xc / b
             d_vy = yc.T @ z / b - self.s * (yc.T @ a) / b - (1 - self.s) * w2
             d_q = z.T @ n / b - q
             if self.decoupled:
                 self.R.add_(n.T @ z / b - self.R, alpha=self.eta_q * f)
             q.add_(d_q, alpha=self.eta_q * f)
-        w1.grad = -f * d_vx.T
+        w1.grad = -f * d_w1
         w2.grad = -(f * self.y_rate) * d_vy
         if self.relu:  # the running mean is updated after use
             eps_b = 1 - (1 - self.eps_mu) ** b

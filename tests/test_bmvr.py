@@ -254,15 +254,16 @@ def test_online_minibatch_reaches_offline_loss(problem, decoupled):
     assert 0 <= loss / sol.loss - 1 < 0.002
 
 
-@pytest.mark.parametrize("init", ["whiten", "scale", "cov"])
+@pytest.mark.parametrize("init", ["whiten", "scale", "cov", "keep"])
 def test_prepare_standardises_inputs_and_initialises_w1(problem, init):
     """prepare: centred inputs with λmax(Ĉxx) = 1, ȳ = target mean, and W1 such that
-    VxᵀĈxxVx = I (whiten) or E‖z‖² = k (scale, cov); the stored optimum is that of the
-    standardised data."""
+    VxᵀĈxxVx = I (whiten) or E‖z‖² = k (scale, cov) or the model's own (keep); the stored
+    optimum is that of the standardised data."""
     from bioprop.data import Split
 
     x, y = 3 * problem["x"] + 2, problem["y"] - 1  # uncentred, wrong scale
     rule = make_rule(4, init=init)
+    w1 = rule.w1.detach().clone()
     rule.prepare(Split(x, y))
     xc = rule.inputs(x)
     cxx = xc.T @ xc / T
@@ -273,6 +274,8 @@ def test_prepare_standardises_inputs_and_initialises_w1(problem, init):
     cz = z.T @ z / T
     if init == "whiten":
         assert float((cz - torch.eye(4, dtype=torch.float64)).abs().max()) < 1e-10
+    elif init == "keep":
+        assert torch.equal(rule.w1, w1)
     else:
         assert abs(float(torch.trace(cz)) - 4) < 1e-10
     sol = linalg.solve_rrr(cxx, *linalg.covariances(xc, y + 1)[1:], 4)

@@ -80,7 +80,10 @@ class BMVR(Rule):
     ``init`` picks W1's data-dependent init: "whiten" (the spec's default; exact, but on inputs
     with near-constant pixels it amplifies W1 in low-variance directions, where the restoring
     force ηx·λ(Cxx)·QQᵀ is tiny, and linear MNIST runs stalled), "scale" (the random init times
-    one scalar so that E‖z‖² = k) or "cov" (rows first multiplied by Ĉxx, then scaled).
+    one scalar so that E‖z‖² = k), "cov" (rows first multiplied by Ĉxx, then scaled) or
+    "keep" (the model's own init, e.g. He-uniform, on the scaled inputs; for ReLU μ still starts
+    at E[relu(u)]). "keep" is what the BP baseline uses: with E‖z‖² = k the stable LMS rate of
+    W2 is below about 2/k, and BP at such rates learned far more slowly than the paper's.
     Q0 = ``q_init``·I; at the optimum QQᵀ = diag(σ²), so a Q0 far above σ (MNIST: σ ≈ 0.3)
     first shrinks Vx until the constraint is slack and Q collapses (the Bio-RRR demo uses I/3).
     Integer targets become ``onehot(y) − ȳ``; float targets (T × n) are regression targets.

@@ -25,6 +25,47 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny kernels: on a shared machine an oversubscribed
+    OpenMP pool makes them up to ~100x slower. Use with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_cut_and_resumed(tmp_path: Path, monkeypatch, sets, cut_epoch: int):
+    """Train ``sets`` straight (tmp_path/full) and again (tmp_path/cut) with a KeyboardInterrupt
+    at the start of epoch ``cut_epoch``, then ``--resume`` it. Returns (full result, resumed
+    result, the cut run's rule state before the resume, full rule state, resumed rule state)."""
+    import bioprop.train as loop
+    from bioprop import results
+
+    full = loop.train(tiny_config(tmp_path / "full", *sets))
+    real_epoch = loop.train_epoch
+
+    def dying_epoch(s, epoch, history):
+        if epoch == cut_epoch:
+            raise KeyboardInterrupt
+        return real_epoch(s, epoch, history)
+
+    monkeypatch.setattr(loop, "train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tiny_config(tmp_path / "cut", *sets))
+    ckpt = tmp_path / "cut" / "run" / results.CHECKPOINT
+    first = results.load_checkpoint(ckpt)["rule"]
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    resumed = loop.train(tiny_config(tmp_path / "cut", *sets), resume_run=True)
+    a = results.load_checkpoint(tmp_path / "full" / "run" / results.CHECKPOINT)["rule"]
+    b = results.load_checkpoint(ckpt)["rule"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+    return full, resumed, first, a, b
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """The real data folder (BIOPROP_DATA); tests that need it skip when it is absent."""
     value = os.environ.get("BIOPROP_DATA")

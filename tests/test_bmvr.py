@@ -20,13 +20,7 @@ from bioprop.rules.bmvr import BMVR
 M, N, K, T = 10, 6, 2, 5000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: thread hand-offs only cost time on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

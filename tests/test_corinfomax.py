@@ -20,14 +20,7 @@ from bioprop.models.activations import HardSigmoid
 from bioprop.rules import build_rule
 from bioprop.rules.corinfomax import lr_factor
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small kernels: with two threads on a busy machine, 5k lateral steps took 40 s, not 2."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(widths: list[int], dtype=torch.float64, **kw):

@@ -23,13 +23,7 @@ from bioprop.rules._feedback import FAConv2d, FALinear, Feedback, convert_layers
 ATOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these layers are tiny, and the CI machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def autograd_grads(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:

@@ -13,23 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bioprop import results
 from bioprop.diagnostics import alignment, angle_deg
 from bioprop.models import build_model
 from bioprop.rules import build_rule
-from bioprop.train import build, evaluate, train, train_epoch
-from tests.conftest import tiny_config
+from bioprop.train import build, evaluate, train_epoch
+from tests.conftest import tiny_config, train_cut_and_resumed
 
 ATOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these nets are tiny, and the CI machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NETS = {
@@ -234,29 +227,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, rule: str) -> N
     and resumed ends bit-identical to one trained for 2 epochs straight (DFA's D: see the
     state_dict round trip in test_feedback.py)."""
     sets = ("epochs=2", f"rule.name={rule}", "diagnostics_every=20", "threads=1")
-    full = train(tiny_config(tmp_path / "full", *sets))
-
-    import bioprop.train as loop
-
-    real_epoch = loop.train_epoch
-
-    def dying_epoch(s, epoch, history):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(s, epoch, history)
-
-    monkeypatch.setattr(loop, "train_epoch", dying_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path / "cut", *sets))
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
-    resumed = train(tiny_config(tmp_path / "cut", *sets), resume_run=True)
-
-    a = results.load_checkpoint(tmp_path / "full" / "run" / results.CHECKPOINT)["rule"]
-    b = results.load_checkpoint(tmp_path / "cut" / "run" / results.CHECKPOINT)["rule"]
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
+    full, resumed, *_ = train_cut_and_resumed(tmp_path, monkeypatch, sets, cut_epoch=2)
     assert full["final_test_acc"] == resumed["final_test_acc"]
 
 

@@ -20,14 +20,7 @@ from bioprop.models.mlp import mlp
 from bioprop.models.net import Block, Net
 from bioprop.rules import build_rule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread (an oversubscribed OpenMP pool makes them ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_mlp(widths, dropout=0.0, bias=True, seed=0) -> Net:

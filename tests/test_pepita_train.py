@@ -13,16 +13,9 @@ from bioprop.diagnostics import cosine
 from bioprop.models.mlp import mlp
 from bioprop.rules import build_rule
 from bioprop.train import train
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_cut_and_resumed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread (an oversubscribed OpenMP pool makes them ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mirrored_rule(widths, **opts):
@@ -98,29 +91,8 @@ def test_resume_with_mirroring_equals_uninterrupted(tmp_path, monkeypatch) -> No
         "rule.args={feedback: factorised, mirror_pre_epochs: 1, mirror_every: 2}",
         "optim.lr=0.02",
     )
-    full = train(tiny_config(tmp_path / "full", *sets))
-
-    import bioprop.train as loop
-
-    real_epoch = loop.train_epoch
-
-    def dying_epoch(s, epoch, history):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(s, epoch, history)
-
-    monkeypatch.setattr(loop, "train_epoch", dying_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tmp_path / "cut", *sets))
-    first = results.load_checkpoint(tmp_path / "cut" / "run" / results.CHECKPOINT)["rule"]
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
-    resumed = train(tiny_config(tmp_path / "cut", *sets), resume_run=True)
-
-    a = results.load_checkpoint(tmp_path / "full" / "run" / results.CHECKPOINT)["rule"]
-    b = results.load_checkpoint(tmp_path / "cut" / "run" / results.CHECKPOINT)["rule"]
+    full, resumed, first, a, b = train_cut_and_resumed(tmp_path, monkeypatch, sets, cut_epoch=2)
     assert set(a) >= {"F", "B1", "B2"}
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
     assert not torch.equal(first["F"], b["F"])  # epoch 2 mirrored ((1 + 1) mod 2 = 0)
     assert not torch.equal(first["model.blocks.0.op.weight"], b["model.blocks.0.op.weight"])
     assert full["final_test_acc"] == resumed["final_test_acc"]

@@ -10,7 +10,7 @@ import torch
 from bioprop import results
 from bioprop.rules.bp import Backprop
 from bioprop.train import Diverged, train
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_cut_and_resumed
 
 TIMING_KEYS = {"wall_seconds_per_epoch", "samples_per_s", "peak_memory_mb", "seconds"}
 
@@ -61,28 +61,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch) -
         "optim.name=adam",
         "optim.lr=0.003",
     )
-    full = train(tiny_config(tmp_path / "full", *sets))
-
-    import bioprop.train as loop
-
-    real_epoch = loop.train_epoch
-
-    def dying_epoch(s, epoch, history):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(s, epoch, history)
-
-    cfg = tiny_config(tmp_path / "cut", *sets)
-    monkeypatch.setattr(loop, "train_epoch", dying_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
-    resumed = train(tiny_config(tmp_path / "cut", *sets), resume_run=True)
-
-    a = results.load_checkpoint(tmp_path / "full" / "run" / results.CHECKPOINT)["rule"]
-    b = results.load_checkpoint(tmp_path / "cut" / "run" / results.CHECKPOINT)["rule"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    full, resumed, *_ = train_cut_and_resumed(tmp_path, monkeypatch, sets, cut_epoch=3)
     assert strip_timings(full) == strip_timings(resumed)
 
 

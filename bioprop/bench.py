@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -216,12 +217,17 @@ def render(suite: Suite) -> str:
         lines.append(
             f"| {e.label} | {e.config.get('epochs', '')} | {done} | {final} | {best} | "
             f"{_published(e, suite.metric)} | {e.published.get('source', '')} | {e.target} | "
-            f"{t:.2f} | {t / ref_time:.2f}x |"
+            f"{_num(t, '.2f')} | {_num(t / ref_time, '.2f', 'x')} |"
         )
     if suite.notes:
         lines += ["", suite.notes.strip()]
     lines += ["", f"![curves]({suite.doc.with_suffix('.png').name})", ""]
     return "\n".join(lines)
+
+
+def _num(v: float, spec: str, unit: str = "") -> str:
+    """A number for the table, or "–" where it is undefined (no finished runs to time)."""
+    return "–" if math.isnan(v) else f"{v:{spec}}{unit}"
 
 
 def _metric(g: Group, key: str, scale: float) -> str:

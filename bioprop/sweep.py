@@ -192,7 +192,6 @@ def make_study(spec: SweepSpec):
 
 
 def objective(spec: SweepSpec, data_dir: str | None):
-
     from bioprop.train import train
 
     def run(trial) -> float:

@@ -197,26 +197,35 @@ class BMVR(Rule):
         xc = xc / self.x_scale
         cxx, cxy, cyy = linalg.covariances(xc, yc)
         sub = xc[: self.whiten_samples]
-        vx, k = self.w1.T, self.w1.shape[0]
-        c = vx.T @ (sub.T @ sub / len(sub)) @ vx
-        if self.init == "keep":
-            pass
-        elif self.init == "whiten":
-            self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
-        else:
-            if self.init == "cov":  # W1's rows in the high-variance input directions
-                vx = sub.T @ (sub @ vx) / len(sub)
-                c = vx.T @ (sub.T @ sub / len(sub)) @ vx
-            self.w1.copy_(vx.T * (k / torch.trace(c)).sqrt())  # one scalar: E‖z‖² = k
-        if self.relu:  # relu is 1-homogeneous: unit variance per unit, and μ0 = E[relu(u)]
+        self._init_w1(sub)
+        if self.relu:  # μ0 = E[relu(u)], and (relu is 1-homogeneous) unit variance per unit
             h = (sub @ self.w1.T).clamp_min(0)
-            sd = h.std(0).clamp_min(1e-8) if self.init != "keep" else torch.ones_like(h[0])
-            self.w1.div_(sd[:, None])
-            self.mu.copy_(h.mean(0) / sd)
+            mean = h.mean(0)
+            if self.init != "keep":
+                sd = h.std(0).clamp_min(1e-8)
+                self.w1.div_(sd[:, None])
+                mean = mean / sd
+            self.mu.copy_(mean)
+        k = self.w1.shape[0]
         sol = linalg.solve_rrr(cxx, cxy, cyy, min(k, cxy.shape[1]), self.s)
         self.rank = int((sol.sigma > 1e-6 * sol.sigma[0]).sum())
         self.ref = {"cxx": cxx, "cxy": cxy, "cyy": cyy, "sol": sol, "x": xc[:2000]}
         self.ref["cxx_half"] = linalg.psd_power(cxx, 0.5)
+
+    @torch.no_grad()
+    def _init_w1(self, sub: Tensor) -> None:
+        """W1's data-dependent init from the standardised samples ``sub`` (see ``init``)."""
+        if self.init == "keep":
+            return
+        vx, k = self.w1.T, self.w1.shape[0]
+        c = vx.T @ (sub.T @ sub / len(sub)) @ vx
+        if self.init == "whiten":
+            self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
+            return
+        if self.init == "cov":  # W1's rows in the high-variance input directions
+            vx = sub.T @ (sub @ vx) / len(sub)
+            c = vx.T @ (sub.T @ sub / len(sub)) @ vx
+        self.w1.copy_(vx.T * (k / torch.trace(c)).sqrt())  # one scalar: E‖z‖² = k
 
     @torch.no_grad()
     def currents(self, z: Tensor, yc: Tensor) -> tuple[Tensor, Tensor, Tensor]:

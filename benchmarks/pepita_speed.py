@@ -19,6 +19,7 @@ Issue criterion: PEPITA's achieved FLOP/s ≥ 90 % of BP's on the same net in th
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import statistics
 import tempfile
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 from throughput import same_shape_gemm_seconds, timed
 
-from bioprop.config import load_config
+from bioprop.bench import load_suite
+from bioprop.config import TrainConfig, from_dict
 from bioprop.models import build_model
 from bioprop.results import write_text
 from bioprop.rules import build_rule
@@ -112,27 +114,17 @@ def measure(widths: list[int], rounds: int, steps: int) -> dict:
 
 
 def loop_epochs(rounds: int, steps: int, data_dir: str | None) -> dict[str, float]:
-    """Median seconds of ``steps`` CIFAR-10 batches through bioprop's own loop (``train_epoch``,
-    the recipe's config), BP and PEPITA alternating: the epoch-time ratio without evaluation."""
+    """Median seconds of ``steps`` CIFAR-10 batches through bioprop's own loop (``train_epoch``)
+    with the configs of the CIFAR-10 suite's BP and PEPITA (defaults) entries, alternating: the
+    epoch-time ratio without evaluation."""
+    suite = load_suite("benchmarks/pepita-cifar10.yaml")
+    entries = {e.label: e for e in suite.entries}
     setups = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for rule in ("bp", "pepita"):
-            cfg = load_config(
-                None,
-                [
-                    "data.name=cifar10",
-                    "data.batch_size=64",
-                    "model.name=mlp",
-                    "model.args={hidden: [1024], bias: false, dropout: 0.1}",
-                    f"rule.name={rule}",
-                    "optim.lr=0.01",
-                    "optim.momentum=0.9",
-                    "log_every=0",
-                    "progress=false",
-                    f"max_steps_per_epoch={steps}",
-                    f"out={Path(tmp) / rule}",
-                ],
-            )
+        for rule, label in (("bp", "BP"), ("pepita", "PEPITA (defaults)")):
+            cfg = from_dict(TrainConfig, copy.deepcopy(entries[label].config))
+            cfg.max_steps_per_epoch, cfg.log_every, cfg.progress = steps, 0, False
+            cfg.out = str(Path(tmp) / rule)
             setups[rule] = build(cfg, data_dir)
             train_epoch(setups[rule], 1, [])  # warm-up
         times: dict[str, list[float]] = {rule: [] for rule in setups}

@@ -220,6 +220,42 @@ def test_no_label_leak_and_eval_is_inert():
         rule.step(x, None)
 
 
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_readout_logits_are_the_direct_local_logits(layer):
+    """In input-label mode the training forward of block ℓ scores h_ℓ against the class
+    prototypes t_ℓ(I_C): its local loss (pre-step weights) must equal the cross-entropy of the
+    readout logits on the same batch (LN nets, no dropout, so eval and train forwards agree)."""
+    rule = _mlp_rule(loss="direct", predict="readout", readout_layer=layer)
+    x, y = _batch()
+    want = F.cross_entropy(rule.readout_logits(x, layer), y)
+    rule.step(x, y)
+    assert abs(rule.metrics()[f"local_loss_{layer}"] - float(want)) < 1e-5
+    rule.eval()
+    logits = rule.predict(x)
+    assert logits.shape == (len(x), 3)
+    assert torch.equal(logits, rule.readout_logits(x, layer))
+    assert not torch.equal(logits, rule.model(x))
+
+
+def test_readout_prediction_is_label_free_and_batch_independent():
+    """The readout of the last hidden block (readout_layer -1) of a net trained in top-k mode:
+    a sample's scores do not depend on the rest of the batch, and prediction changes nothing."""
+    rule = _mlp_rule(loss="topk", k=2, predict="readout")
+    opt = torch.optim.Adam(rule.model.parameters(), lr=1e-2)
+    for step in range(2):
+        x, y = _batch(seed=step)
+        opt.zero_grad()
+        rule.step(x, y)
+        opt.step()
+    before = {k: v.clone() for k, v in rule.state_dict().items()}
+    rule.eval()
+    x, _ = _batch(seed=9)
+    logits = rule.predict(x)
+    assert torch.equal(logits, rule.readout_logits(x, 2))
+    assert torch.allclose(rule.predict(x[3:4]), logits[3:4], atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in rule.state_dict().items())
+
+
 @pytest.mark.parametrize("model", ["sigprop_cnn", "vgg"])
 def test_one_step_changes_every_layer_conv(model):
     """A conv net: one train step writes a nonzero grad to every block and to g_c."""
@@ -271,8 +307,16 @@ def test_parameter_counts_match_spec():
 
 
 def test_bad_options_rejected():
-    for bad in ({"loss": "v9"}, {"k": 0}, {"tie_break": "last"}, {"spatial": "sum"}):
-        with pytest.raises(BiopropError, match="must be"):
+    for bad in (
+        {"loss": "v9"},
+        {"k": 0},
+        {"tie_break": "last"},
+        {"spatial": "sum"},
+        {"predict": "knn"},
+        {"readout_layer": 3},
+        {"readout_layer": -4},
+    ):
+        with pytest.raises(BiopropError, match="must"):
             _mlp_rule(**bad)
 
 

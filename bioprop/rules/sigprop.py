@@ -55,6 +55,7 @@ from bioprop.models.net import Block, Net
 from bioprop.rules.base import Rule, StepOutput, register_rule
 
 LOSSES = ("direct", "max_all", "max_rand", "topk")
+PREDICT = ("head", "readout")
 TIE_BREAKS = ("random", "first")
 SPATIAL = ("mean", "per_position")
 
@@ -189,9 +190,12 @@ class SigProp(Rule):
         tie_break: str = "random",
         spatial: str = "mean",
         seed: int = 0,
+        predict: str = "head",
+        readout_layer: int = -1,
     ) -> None:
         for name, value, allowed in (
             ("loss", loss, LOSSES),
+            ("predict", predict, PREDICT),
             ("tie_break", tie_break, TIE_BREAKS),
             ("spatial", spatial, SPATIAL),
         ):
@@ -209,6 +213,10 @@ class SigProp(Rule):
             spatial,
             seed,
         )
+        hidden = len(model.blocks) - 1
+        if not -hidden <= readout_layer < hidden:
+            raise ValueError(f"readout_layer must index one of the {hidden} hidden blocks")
+        self.predict_mode, self.readout_layer = predict, readout_layer % hidden
         self.num_classes = model.blocks[-1].op.out_features
         if not isinstance(getattr(model, "signal", None), TargetEmbedding):
             model.signal = TargetEmbedding(self.num_classes, _signal_shape(model))
@@ -282,6 +290,24 @@ class SigProp(Rule):
         self.steps += 1
         self._losses = losses
         return StepOutput(h, losses[-1])
+
+    @torch.no_grad()
+    def readout_logits(self, x: Tensor, layer: int) -> Tensor:
+        """Y(h_ℓ, t_ℓ(I_C)) [B, C]: block ``layer``'s local logits of x against the C class
+        prototypes of the target stream (input-label context I_C in every loss mode)."""
+        h, t = x, self.model.signal(torch.eye(self.num_classes, device=x.device))
+        for i, block in enumerate(self.model.blocks[: layer + 1]):
+            h = block_activation(block, h)
+            t = t if i == 0 else block_activation(block, t)
+            if i < layer:
+                h, t = block_tail(block, h), block_tail(block, t)
+        return local_logits(h, t)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        if self.predict_mode == "readout":
+            return self.readout_logits(x, self.readout_layer)
+        return self.model(x)
 
     def metrics(self) -> dict[str, float]:
         return {f"local_loss_{i}": float(v) for i, v in enumerate(self._losses[:-1])}

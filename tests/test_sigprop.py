@@ -195,11 +195,13 @@ def test_locality_vs_depth(rule_name, equal):
     assert all(torch.equal(a[k], b[k]) for k in shared) == equal
 
 
-def test_no_label_leak_and_eval_is_inert():
-    """predict sees x only: logits equal the label-free h-stream forward, training without
-    labels raises, evaluation changes no parameter or buffer, a batch of 1 gives the same
-    logits as a batch of 12 (IN/LN; the signal BN uses running statistics)."""
-    rule = _mlp_rule(loss="topk", k=2)
+@pytest.mark.parametrize("predict", ["head", "readout"])
+def test_no_label_leak_and_eval_is_inert(predict):
+    """predict sees x only: logits equal the label-free h-stream forward (the head, or the
+    readout of the last hidden block against the class prototypes), training without labels
+    raises, evaluation changes no parameter or buffer, a batch of 1 gives the same logits as a
+    batch of 12 (IN/LN; the signal BN uses running statistics)."""
+    rule = _mlp_rule(loss="topk", k=2, predict=predict)
     opt = torch.optim.Adam(rule.model.parameters(), lr=1e-2)
     for step in range(2):
         x, y = _batch(seed=step)
@@ -211,7 +213,8 @@ def test_no_label_leak_and_eval_is_inert():
     rule.eval()
     x, _ = _batch(seed=9)
     logits = rule.predict(x)
-    assert torch.equal(logits, rule.model(x))
+    want = rule.model(x) if predict == "head" else rule.readout_logits(x, 2)
+    assert torch.equal(logits, want)
     assert torch.allclose(rule.predict(x[3:4]), logits[3:4], atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in rule.state_dict().items())
     assert all(torch.equal(state[k], v) for k, v in opt.state_dict()["state"][0].items())
@@ -235,25 +238,6 @@ def test_readout_logits_are_the_direct_local_logits(layer):
     assert logits.shape == (len(x), 3)
     assert torch.equal(logits, rule.readout_logits(x, layer))
     assert not torch.equal(logits, rule.model(x))
-
-
-def test_readout_prediction_is_label_free_and_batch_independent():
-    """The readout of the last hidden block (readout_layer -1) of a net trained in top-k mode:
-    a sample's scores do not depend on the rest of the batch, and prediction changes nothing."""
-    rule = _mlp_rule(loss="topk", k=2, predict="readout")
-    opt = torch.optim.Adam(rule.model.parameters(), lr=1e-2)
-    for step in range(2):
-        x, y = _batch(seed=step)
-        opt.zero_grad()
-        rule.step(x, y)
-        opt.step()
-    before = {k: v.clone() for k, v in rule.state_dict().items()}
-    rule.eval()
-    x, _ = _batch(seed=9)
-    logits = rule.predict(x)
-    assert torch.equal(logits, rule.readout_logits(x, 2))
-    assert torch.allclose(rule.predict(x[3:4]), logits[3:4], atol=1e-5)
-    assert all(torch.equal(before[k], v) for k, v in rule.state_dict().items())
 
 
 @pytest.mark.parametrize("model", ["sigprop_cnn", "vgg"])

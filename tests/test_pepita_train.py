@@ -46,6 +46,16 @@ def test_mirror_step_matches_formula() -> None:
     torch.testing.assert_close(rule.F, rule.B1 @ rule.B2)
 
 
+def test_factorised_feedback_is_the_chain_product() -> None:
+    """With three factors (multiplied from the narrow end for speed), F = (B₁B₂)B₃ at init and
+    after a mirror step, and std(F) = σ_F after the step."""
+    _, rule = mirrored_rule([40, 30, 20, 5])
+    torch.testing.assert_close(rule.F, (rule.B1 @ rule.B2) @ rule.B3)
+    rule.mirror(8)
+    torch.testing.assert_close(rule.F, (rule.B1 @ rule.B2) @ rule.B3)
+    assert abs(float(rule.F.std()) / rule.sigma_f - 1) < 1e-9
+
+
 def test_mirroring_keeps_std_and_aligns_factors() -> None:
     """Fixed W, 200 steps (B = 64, η 0.1, λ 0.5): std(F) = σ_F after every step (rel. 1e-6), and
     the factors turn towards W_lᵀ (E[ξ relu(wᵀξ)] ∝ w by Stein's lemma) while a random control

@@ -185,9 +185,12 @@ class Pepita(Rule):
         self.synced_buffers = ("F", *self.factors)
 
     def _product(self) -> Tensor:
-        out = getattr(self, self.factors[0])
-        for name in self.factors[1:]:
-            out = out @ getattr(self, name)
+        """F = B_1 ⋯ B_L, multiplied from the narrow (C-column) end: d_{l-1}·d_l·C per factor
+        instead of d_0·d_l·d_{l+1} (for 3072-1024-1024-1024-10, about 50 M instead of 6.4 G
+        multiply-adds, which made every mirrored step cost several times a PEPITA step)."""
+        out = getattr(self, self.factors[-1])
+        for name in reversed(self.factors[:-1]):
+            out = getattr(self, name) @ out
         return out
 
     def feedback_pairs(self) -> list[FeedbackPair]:

@@ -3,7 +3,7 @@ same hidden features, and how many directions Q and E[zzᵀ] keep.
 
 Usage::
 
-    python benchmarks/bmvr_probe.py EPOCHS [KEY=VALUE ...]
+    python benchmarks/bmvr_probe.py EPOCHS [--from-bp N BP_LR] [KEY=VALUE ...]
 
 KEY=VALUE are the same dotted overrides as ``bioprop train --set`` on top of the BMVR k=64 entry
 of ``benchmarks/bmvr-mnist-table1.yaml`` (e.g. ``optim.lr=0.01 rule.args.eta_q=0.01``). Training
@@ -12,6 +12,13 @@ first 10k images of the test split (the 60k training images, since the suite swa
 after the initial state and five times during training. The ridge read-out (λ = 1e-3) is fitted
 on the training split's features: if it beats the rule's own read-out by far, the read-out is the
 problem; if both are low, the features are. Data from ``BIOPROP_DATA``.
+
+``--from-bp N BP_LR`` asks whether BP's solution is a resting point of BMVR: the same net is
+first trained for N epochs by backprop (``update: bp``, lr BP_LR; add ``rule.args.init=keep`` for
+the model's own init, as the suite's BP entries use), then
+put at the point that the linear theory calls the saddle (W1 scaled so that λmax(E[zzᵀ]) = 1,
+W2 = C_yz, Q = (W2ᵀW2)^½ + 1e-2·I so that QQᵀ ≈ W2ᵀW2), and then trained by BMVR for EPOCHS
+epochs with the rates of the entry and the overrides.
 """
 
 from __future__ import annotations
@@ -61,11 +68,28 @@ def ranks(rule, train: Split) -> str:
     )
 
 
+@torch.no_grad()
+def to_saddle(rule, train: Split) -> None:
+    """Scale W1 (ReLU is 1-homogeneous), set W2 = C_yz and QQᵀ ≈ W2ᵀW2 (see the module doc)."""
+    z = features(rule, train.x)
+    scale = torch.linalg.eigvalsh(z.T @ z / len(z))[-1].sqrt()
+    rule.w1.div_(scale)
+    rule.mu.div_(scale)
+    z = features(rule, train.x)
+    rule.w2.copy_(rule.targets(train.y).T @ z / len(z))
+    ev, u = torch.linalg.eigh(rule.w2.T @ rule.w2)
+    rule.Q.copy_(u @ torch.diag(ev.clamp_min(0).sqrt() + 1e-2) @ u.T)
+
+
 def main() -> None:
-    epochs, sets = int(sys.argv[1]), sys.argv[2:]
+    args = sys.argv[1:]
+    epochs, bp_epochs, bp_lr = int(args.pop(0)), 0, 0.0
+    if args[:1] == ["--from-bp"]:
+        bp_epochs, bp_lr, args = int(args[1]), float(args[2]), args[3:]
     entry = next(e for e in load_suite(SUITE).entries if e.label == ENTRY)
     cfg = from_dict(
-        TrainConfig, apply_overrides(copy.deepcopy(entry.config), [f"epochs={epochs}", *sets])
+        TrainConfig,
+        apply_overrides(copy.deepcopy(entry.config), [f"epochs={epochs + bp_epochs}", *args]),
     )
     cfg.progress, cfg.log_every = False, 0
     s = build(cfg)
@@ -81,9 +105,22 @@ def main() -> None:
 
     report("init")
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    if bp_epochs:
+        lrs = [g["lr"] for g in s.opt.param_groups]
+        rule.update = "bp"
+        for g in s.opt.param_groups:
+            g["lr"] = bp_lr
+        for epoch in range(1, bp_epochs + 1):
+            train_epoch(s, epoch, [])
+        report(f"after {bp_epochs} BP epochs")
+        to_saddle(rule, train)
+        report("moved to the saddle")
+        rule.update = "bmvr"
+        for g, lr in zip(s.opt.param_groups, lrs, strict=True):
+            g["lr"] = lr
+    for epoch in range(bp_epochs + 1, bp_epochs + epochs + 1):
         train_epoch(s, epoch, [])
-        if epoch % max(1, epochs // 5) == 0 or epoch == epochs:
+        if epoch % max(1, epochs // 5) == 0 or epoch == bp_epochs + epochs:
             report(f"epoch {epoch} ({time.perf_counter() - start:.0f} s)")
 
 

@@ -188,6 +188,12 @@ def _published(entry: Entry, metric: str) -> str:
     return f"{p['value']}" + (f" ({p['confidence']})" if p.get("confidence") else "")
 
 
+def _threads(groups) -> str:
+    """The torch threads the finished runs used (from their result.json), e.g. "1" or "1, 2"."""
+    seen = sorted({r["threads"] for g in groups for r in g.results if r.get("threads")})
+    return ", ".join(map(str, seen)) or "–"
+
+
 def render(suite: Suite) -> str:
     """The markdown page for ``suite`` from whatever runs have finished."""
     groups = {e.label: entry_group(suite, e) for e in suite.entries}
@@ -201,7 +207,7 @@ def render(suite: Suite) -> str:
         "",
         f"Produced by `bioprop bench {suite.path.as_posix()}` (suite `{suite.name}`) on "
         f"{datetime.date.today().isoformat()}, torch {torch.__version__}, "
-        f"threads per run: {torch.get_num_threads()}. Mean ± sample std over the seeds listed.",
+        f"threads per run: {_threads(groups.values())}. Mean ± sample std over the seeds listed.",
         "",
         f"| run | epochs | seeds done | final {name} | best {name} | published | source | "
         f"target | s/epoch | time vs {suite.reference} |",

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from bioprop.cli import main
 
@@ -112,6 +113,27 @@ entries:
     assert "| BP | 1 | 2/2 |" in table and "made up for the test" in table
     assert "| BP mse | 1 | 1/1 |" in table and "1.00x" in table
     assert (tmp_path / "docs" / "tiny.png").is_file()
+
+
+def test_bench_table_states_the_runs_threads_not_the_reporters(capsys, tmp_path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"""
+doc: {tmp_path / "d.md"}
+runs_dir: {tmp_path / "runs"}
+base: {{data: {{name: digits}}, model: {{args: {{hidden: [8]}}}}, epochs: 1, threads: 1}}
+entries:
+  - label: BP
+"""
+    )
+    before = torch.get_num_threads()
+    try:
+        assert run_cli(capsys, "bench", str(suite), "--no-progress")[0] == 0
+        torch.set_num_threads(2)
+        assert run_cli(capsys, "bench", str(suite), "--report-only")[0] == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "threads per run: 1." in (tmp_path / "d.md").read_text()
 
 
 def test_console_script_entry_point(tmp_path) -> None:

@@ -288,8 +288,10 @@ class BMVR(Rule):
             raise Diverged(
                 f"bmvr: Q has degenerated at sample {int(self.t)} (eig(QQᵀ) in "
                 f"[{float(lam[0]):.3g}, {float(lam[-1]):.3g}], cond > {self.q_cond_max:g}); "
-                "the interneurons lost rank. Raise eta_q relative to optim.lr "
-                "(τ = ηx/ηq ≈ 0.5–2), check that k ≤ rank(Cxy), and centre/scale the inputs"
+                "the interneurons lost rank. Try another τ = ηx/ηq (optim.lr / eta_q): "
+                "a smaller τ when Q lags a tight constraint, a larger one when the constraint "
+                "goes slack (CIFAR-10's linear problem needed τ = 20); check that k ≤ rank(Cxy), "
+                "and centre/scale the inputs"
             )
 
     @torch.no_grad()

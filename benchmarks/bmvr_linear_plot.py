@@ -1,8 +1,14 @@
-"""Objective vs samples seen for the linear BMVR suite: BMVR, BP on the same net, offline optimum.
+"""Objective vs samples seen for a linear BMVR suite: every entry (BMVR, BP on the same net), one
+line per seed, and the offline optimum.
 
-Usage: ``python benchmarks/bmvr_linear_plot.py [RUNS_DIR] [OUT_PNG]`` after
-``bioprop bench benchmarks/bmvr-mnist-linear.yaml``; reads the ``bmvr/*`` columns that the rule's
-``metrics`` hook wrote into each run's metrics.csv (one row every ``diagnostics_every`` steps).
+Usage::
+
+    python benchmarks/bmvr_linear_plot.py [SUITE_YAML] [OUT_PNG]
+
+(defaults: benchmarks/bmvr-mnist-linear.yaml, docs/bmvr-linear.png) after ``bioprop bench`` on the
+suite. Reads the ``bmvr/*`` columns that the rule's ``metrics`` hook wrote into each run's
+metrics.csv (one row every ``diagnostics_every`` steps). A run that stopped early (the rule
+raises when Q degenerates) ends in an ×: its curve is what it logged before it stopped.
 """
 
 from __future__ import annotations
@@ -17,36 +23,48 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-RUNS = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/bench/bmvr-mnist-linear")
+from bioprop.bench import load_suite, run_dir, status
+
+SUITE = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/bmvr-mnist-linear.yaml")
 OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/bmvr-linear.png")
-BATCH = 1  # the suite's data.batch_size: samples seen = step × BATCH
 
 
-def curves(entry: Path) -> tuple[np.ndarray, np.ndarray, float]:
-    """Mean objective over seeds at the common diagnostic steps, and the offline optimum."""
-    runs = []
-    for metrics in sorted(entry.glob("s*/metrics.csv")):
-        with open(metrics) as f:
-            runs.append([r for r in csv.DictReader(f) if r["kind"] == "diag"])
-    n = min(len(r) for r in runs)
-    steps = np.array([float(r["step"]) * BATCH for r in runs[0][:n]])
-    loss = np.mean([[float(r["bmvr/loss"]) for r in run[:n]] for run in runs], axis=0)
-    return steps, loss, float(runs[0][0]["bmvr/loss_opt"])
+def curve(d: Path, batch: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(samples seen, objective, offline optimum) of one run, or None if it logged nothing."""
+    if not (d / "metrics.csv").is_file():
+        return None
+    with open(d / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "diag"]
+    if not rows:
+        return None
+    steps = np.array([float(r["step"]) * batch for r in rows])
+    loss = np.array([float(r["bmvr/loss"]) for r in rows])
+    return steps, loss, float(rows[0]["bmvr/loss_opt"])
 
 
 def main() -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    suite = load_suite(SUITE)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     opt = None
-    for label in ("bmvr", "bp"):
-        if (RUNS / label).is_dir():
-            steps, loss, opt = curves(RUNS / label)
-            ax.plot(steps, loss, label=f"{label.upper()} (mean of seeds)")
+    for i, entry in enumerate(suite.entries):
+        batch = int(entry.config.get("data", {}).get("batch_size", 1))
+        epochs = int(entry.config.get("epochs", 1))
+        for j, seed in enumerate(entry.seeds):
+            d = run_dir(suite, entry, seed)
+            c = curve(d, batch)
+            if c is None:
+                continue
+            steps, loss, opt = c
+            label = entry.label if j == 0 else None
+            ax.plot(steps, loss, color=f"C{i}", lw=1, label=label)
+            if status(d, epochs) != "finished":
+                ax.plot(steps[-1], loss[-1], "x", color=f"C{i}", ms=8)
     if opt is not None:
         ax.axhline(opt, color="k", ls="--", label="offline optimum (SVD)")
     ax.set_xlabel("samples seen")
     ax.set_ylabel("objective E‖y − ŷ‖² (training set)")
-    ax.set_title("Linear 784-2-10 net on MNIST")
-    ax.legend()
+    ax.set_title(suite.title.split(" (")[0], fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=120)

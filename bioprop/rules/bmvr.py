@@ -290,8 +290,8 @@ class BMVR(Rule):
                 f"[{float(lam[0]):.3g}, {float(lam[-1]):.3g}], cond > {self.q_cond_max:g}); "
                 "the interneurons lost rank. Try another τ = ηx/ηq (optim.lr / eta_q): "
                 "a smaller τ when Q lags a tight constraint, a larger one when the constraint "
-                "goes slack (CIFAR-10's linear problem needed τ = 20); check that k ≤ rank(Cxy), "
-                "and centre/scale the inputs"
+                "goes slack (docs/bmvr-notes.md); check that k ≤ rank(Cxy), and centre/scale "
+                "the inputs"
             )
 
     @torch.no_grad()

@@ -100,9 +100,19 @@ class BMVR(Rule):
         targets: ΔVy = e·zᵀ, ΔVx = x·(g⊙W2ᵀe)ᵀ with e = y − ŷ), the spec's baseline.
     """
 
-    # Not in `bioprop demo`: it needs mlp without biases, and no demo setting was validated (on
-    # the 8x8 digits, linear k=4 was still 24 % above its optimal loss after 7000 samples).
-    demo: ClassVar[dict[str, Any] | None] = None
+    # 8x8 digits, ReLU net without biases, batch 32, 20 epochs: 84.2 / 84.2 / 86.1 % test for
+    # seeds 0 / 1 / 2 with the Table 1 suite's init (E‖z‖² = k, Q0 = 0.1·I, fast running mean);
+    # the spec's defaults (whitened W1, Q0 = I) diverged here, and y_rate 0.2 gave 72.8 %.
+    demo: ClassVar[dict[str, Any] | None] = {
+        "model.args.bias": False,
+        "model.args.activation": "relu",
+        "optim.lr": 0.01,
+        "optim.momentum": 0.0,
+        "rule.args.eta_q": 0.05,
+        "rule.args.init": "scale",
+        "rule.args.q_init": 0.1,
+        "rule.args.eps_mu": 0.01,
+    }
 
     def __init__(
         self,

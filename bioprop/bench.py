@@ -145,16 +145,24 @@ def run_suite(
     *,
     data_dir: str | None,
     only: list[str] | None = None,
+    seeds: list[int] | None = None,
     progress: bool = True,
     dry_run: bool = False,
 ) -> None:
-    """Train what is missing (resuming partial runs), in suite order."""
+    """Train what is missing (resuming partial runs), in suite order.
+
+    ``only`` and ``seeds`` restrict the work to some entries / seeds, so that one suite can be
+    spread over several processes (one per seed) that all write into the same runs folder.
+    """
     from bioprop.train import train
 
+    _check_selection(suite, only, seeds)
     for entry in suite.entries:
         if only and entry.label not in only:
             continue
         for seed in entry.seeds:
+            if seeds and seed not in seeds:
+                continue
             cfg = from_dict(TrainConfig, copy.deepcopy(entry.config))
             cfg.seed, cfg.progress, d = seed, progress, run_dir(suite, entry, seed)
             cfg.out = str(d)
@@ -168,6 +176,15 @@ def run_suite(
             except Diverged as err:  # a diverged run is a result; the suite goes on
                 print(f"[bench {suite.name}] {entry.label} seed {seed} diverged: {err}",
                       file=sys.stderr)  # fmt: skip
+
+
+def _check_selection(suite: Suite, only: list[str] | None, seeds: list[int] | None) -> None:
+    labels = [e.label for e in suite.entries]
+    if unknown := [x for x in only or [] if x not in labels]:
+        raise BiopropError(f"suite {suite.name} has no entry {unknown[0]!r}; entries: {labels}")
+    known = sorted({s for e in suite.entries for s in e.seeds})
+    if unknown := [x for x in seeds or [] if x not in known]:
+        raise BiopropError(f"suite {suite.name} has no seed {unknown[0]}; seeds: {known}")
 
 
 def entry_group(suite: Suite, entry: Entry) -> Group:

@@ -85,7 +85,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     suite = load_suite(a.suite)
     if not a.report_only:
         run_suite(
-            suite, data_dir=a.data_dir, only=a.only, progress=not a.no_progress, dry_run=a.dry_run
+            suite,
+            data_dir=a.data_dir,
+            only=a.only,
+            seeds=a.seed,
+            progress=not a.no_progress,
+            dry_run=a.dry_run,
         )
     if not a.dry_run:
         print(f"wrote {write_doc(suite)}")
@@ -143,6 +148,13 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark suite and write its docs table")
     b.add_argument("suite", metavar="SUITE.yaml")
     b.add_argument("--only", action="append", metavar="LABEL", help="run only these entries")
+    b.add_argument(
+        "--seed",
+        action="append",
+        type=int,
+        metavar="N",
+        help="run only these seeds (e.g. one per process)",
+    )
     b.add_argument("--report-only", action="store_true", help="write the table from finished runs")
     b.add_argument("--dry-run", action="store_true", help="list what would run")
     b.add_argument("--no-progress", action="store_true")

@@ -164,3 +164,24 @@ entries:
     stamp = (tmp_path / "runs" / "exploding" / "s0" / "result.json").stat().st_mtime_ns
     run_cli(capsys, "bench", str(suite))  # a diverged seeded run is not retried
     assert (tmp_path / "runs" / "exploding" / "s0" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_bench_seed_selects_seeds_and_rejects_unknown_ones(capsys, tmp_path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"""
+doc: {tmp_path / "d.md"}
+runs_dir: {tmp_path / "runs"}
+base: {{data: {{name: digits}}, model: {{args: {{hidden: [8]}}}}, epochs: 1, progress: false}}
+entries:
+  - label: BP
+    seeds: [0, 1, 2]
+"""
+    )
+    assert run_cli(capsys, "bench", str(suite), "--seed", "2", "--seed", "0")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "bp").iterdir()) == ["s0", "s2"]
+    assert "| BP | 1 | 2/3 |" in (tmp_path / "d.md").read_text()
+    code, _, err = run_cli(capsys, "bench", str(suite), "--seed", "7")
+    assert code != 0 and "has no seed 7; seeds: [0, 1, 2]" in err
+    code, _, err = run_cli(capsys, "bench", str(suite), "--only", "FA")
+    assert code != 0 and "has no entry 'FA'" in err

@@ -8,6 +8,7 @@ signature of the registered factory when the model / rule is built.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,23 @@ from typing import Any
 import yaml
 
 from bioprop.errors import BiopropError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a *string*: floats need a dot there (``1.0e-4``).
+    Researchers write ``lr: 1e-4``, so exponent floats without a dot are floats here too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-4``-style floats (see ``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 @dataclass
@@ -130,7 +148,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise BiopropError(f"override {text!r} must look like key=value (e.g. optim.lr=0.01)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise BiopropError(f"override {text!r}: cannot parse value: {err}") from err
     return key.strip().split("."), value
@@ -154,7 +172,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BiopropError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise BiopropError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
     if not isinstance(data, dict):

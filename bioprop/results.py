@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import yaml
 
+from bioprop.config import yaml_load
+
 CONFIG, RESULT, METRICS, CURVES, CHECKPOINT = (
     "config.yaml",
     "result.json",
@@ -81,4 +83,4 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_yaml_dict(path: str | Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text()) or {}
+    return yaml_load(Path(path).read_text()) or {}

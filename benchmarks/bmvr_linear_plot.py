@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bioprop.bench import load_suite, run_dir, status
+from bioprop.bench import dir_status, load_suite, run_dir
 
 SUITE = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/bmvr-mnist-linear.yaml")
 OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/bmvr-linear.png")
@@ -57,7 +57,7 @@ def main() -> None:
             steps, loss, opt = c
             label = entry.label if j == 0 else None
             ax.plot(steps, loss, color=f"C{i}", lw=1, label=label)
-            if status(d, epochs) != "finished":
+            if dir_status(d, epochs) != "finished":
                 ax.plot(steps[-1], loss[-1], "x", color=f"C{i}", ms=8)
     if opt is not None:
         ax.axhline(opt, color="k", ls="--", label="offline optimum (SVD)")

@@ -18,12 +18,21 @@ A suite::
 
 ``bioprop bench SUITE`` trains every (entry, seed) that has not finished, resumes interrupted
 ones from their checkpoint, then writes the table (and a curves plot beside it).
+
+Records: run folders (checkpoints, hundreds of MB) stay out of version control, so each finished
+(or diverged) run also leaves its ``result.json`` and config in a small *record*,
+``records/<suite name>/<entry slug>/s<seed>.json`` beside the suite file (key ``records`` to
+move it). Records are committed with the table: a later checkout can rewrite the table, add seeds
+or entries, and does not retrain what a record already holds. A record counts only while the
+entry's config still matches it (everything but the seed, threads, logging and output folder);
+change an entry's settings and its old records are ignored and the runs are done again.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import json
 import math
 import re
 import sys
@@ -34,11 +43,13 @@ from typing import Any
 import torch
 
 from bioprop import results
-from bioprop.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from bioprop.config import TrainConfig, apply_overrides, from_dict, read_yaml, to_dict
 from bioprop.errors import BiopropError, Diverged
-from bioprop.report import Group, fmt, mean_curves
+from bioprop.report import Group, fmt, identity, mean_curves
 
-SUITE_KEYS = {"name", "title", "doc", "runs_dir", "metric", "reference", "notes", "base", "entries"}
+SUITE_KEYS = {
+    "name", "title", "doc", "runs_dir", "records", "metric", "reference", "notes", "base", "entries"
+}  # fmt: skip
 ENTRY_KEYS = {"label", "set", "seeds", "published", "target"}
 
 
@@ -62,6 +73,7 @@ class Suite:
     reference: str
     notes: str
     entries: list[Entry]
+    records: Path = Path("records")
 
 
 def slug(text: str) -> str:
@@ -92,6 +104,7 @@ def load_suite(path: str | Path) -> Suite:
         raw.get("reference", entries[0].label),
         raw.get("notes", ""),
         entries,
+        Path(raw["records"]) if "records" in raw else Path(path).parent / "records" / name,
     )
 
 
@@ -124,8 +137,17 @@ def run_dir(suite: Suite, entry: Entry, seed: int) -> Path:
     return suite.runs_dir / slug(entry.label) / f"s{seed}"
 
 
-def status(d: Path, epochs: int) -> str:
-    """ "finished", "diverged" (final: rerunning a seeded run diverges again) or "todo"."""
+def run_config(entry: Entry, seed: int) -> TrainConfig:
+    cfg = from_dict(TrainConfig, copy.deepcopy(entry.config))
+    cfg.seed = seed
+    return cfg
+
+
+def record_path(suite: Suite, entry: Entry, seed: int) -> Path:
+    return suite.records / slug(entry.label) / f"s{seed}.json"
+
+
+def dir_status(d: Path, epochs: int) -> str:
     if not (d / results.RESULT).is_file():
         return "todo"
     r = results.read_result(d)
@@ -136,8 +158,49 @@ def status(d: Path, epochs: int) -> str:
     )
 
 
-def is_finished(d: Path, epochs: int) -> bool:
-    return status(d, epochs) == "finished"
+def read_record(suite: Suite, entry: Entry, seed: int) -> dict[str, Any] | None:
+    """The recorded result of (entry, seed), or None if absent or made with other settings."""
+    p = record_path(suite, entry, seed)
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    return rec["result"] if rec.get("identity") == _identity(entry, seed) else None
+
+
+def _identity(entry: Entry, seed: int) -> str:
+    return identity(to_dict(run_config(entry, seed)))
+
+
+def run_result(suite: Suite, entry: Entry, seed: int) -> tuple[str, dict[str, Any] | None]:
+    """("finished" | "diverged" | "todo", result): the run folder first, then the record."""
+    epochs = run_config(entry, seed).epochs
+    d = run_dir(suite, entry, seed)
+    if (st := dir_status(d, epochs)) != "todo":
+        return st, results.read_result(d)
+    r = read_record(suite, entry, seed)
+    if r is not None and r.get("status") == "diverged":
+        return "diverged", r
+    if r is not None and r.get("status") == "finished" and r.get("epochs_done") == epochs:
+        return "finished", r
+    return "todo", None
+
+
+def status(suite: Suite, entry: Entry, seed: int) -> str:
+    """ "finished", "diverged" (final: rerunning a seeded run diverges again) or "todo"."""
+    return run_result(suite, entry, seed)[0]
+
+
+def write_records(suite: Suite) -> None:
+    """Record every finished or diverged run folder of the suite (atomic writes)."""
+    for entry in suite.entries:
+        for seed in entry.seeds:
+            d = run_dir(suite, entry, seed)
+            if dir_status(d, run_config(entry, seed).epochs) == "todo":
+                continue
+            rec = {"identity": _identity(entry, seed), "result": results.read_result(d)}
+            p = record_path(suite, entry, seed)
+            if not p.is_file() or json.loads(p.read_text()) != rec:
+                results.write_json(p, rec)
 
 
 def run_suite(
@@ -163,10 +226,9 @@ def run_suite(
         for seed in entry.seeds:
             if seeds and seed not in seeds:
                 continue
-            cfg = from_dict(TrainConfig, copy.deepcopy(entry.config))
-            cfg.seed, cfg.progress, d = seed, progress, run_dir(suite, entry, seed)
-            cfg.out = str(d)
-            if status(d, cfg.epochs) != "todo":
+            cfg, d = run_config(entry, seed), run_dir(suite, entry, seed)
+            cfg.progress, cfg.out = progress, str(d)
+            if status(suite, entry, seed) != "todo":
                 continue
             print(f"[bench {suite.name}] {entry.label} seed {seed} -> {d}", file=sys.stderr)
             if dry_run:
@@ -176,6 +238,7 @@ def run_suite(
             except Diverged as err:  # a diverged run is a result; the suite goes on
                 print(f"[bench {suite.name}] {entry.label} seed {seed} diverged: {err}",
                       file=sys.stderr)  # fmt: skip
+            write_records(suite)
 
 
 def _check_selection(suite: Suite, only: list[str] | None, seeds: list[int] | None) -> None:
@@ -188,13 +251,13 @@ def _check_selection(suite: Suite, only: list[str] | None, seeds: list[int] | No
 
 
 def entry_group(suite: Suite, entry: Entry) -> Group:
-    epochs = entry.config.get("epochs", TrainConfig().epochs)
+    """The finished runs of an entry, from run folders or records."""
     g = Group(entry.label)
     for seed in entry.seeds:
-        d = run_dir(suite, entry, seed)
-        if is_finished(d, epochs):
-            g.runs.append(d)
-            g.results.append(results.read_result(d))
+        st, r = run_result(suite, entry, seed)
+        if st == "finished":
+            g.runs.append(run_dir(suite, entry, seed))
+            g.results.append(r)
     return g
 
 
@@ -234,8 +297,7 @@ def render(suite: Suite) -> str:
         g = groups[e.label]
         final, best = _metric(g, "final_test_acc", scale), _metric(g, "best_test_acc", scale)
         t = g.seconds_per_epoch()
-        epochs = e.config.get("epochs", TrainConfig().epochs)
-        n_div = sum(status(run_dir(suite, e, s), epochs) == "diverged" for s in e.seeds)
+        n_div = sum(status(suite, e, s) == "diverged" for s in e.seeds)
         done = f"{len(g.results)}/{len(e.seeds)}" + (f" ({n_div} diverged)" if n_div else "")
         lines.append(
             f"| {e.label} | {e.config.get('epochs', '')} | {done} | {final} | {best} | "
@@ -263,6 +325,7 @@ def _metric(g: Group, key: str, scale: float) -> str:
 def write_doc(suite: Suite) -> Path:
     from bioprop.plots import plot_runs
 
+    write_records(suite)
     results.write_text(suite.doc, render(suite))
     curves = {
         e.label: mean_curves(g) for e in suite.entries if (g := entry_group(suite, e)).results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -185,3 +186,32 @@ entries:
     assert code != 0 and "has no seed 7; seeds: [0, 1, 2]" in err
     code, _, err = run_cli(capsys, "bench", str(suite), "--only", "FA")
     assert code != 0 and "has no entry 'FA'" in err
+
+
+def test_bench_records_stand_in_for_deleted_runs_until_the_entry_changes(capsys, tmp_path):
+    suite = tmp_path / "suite.yaml"
+    text = f"""
+doc: {tmp_path / "d.md"}
+runs_dir: {tmp_path / "runs"}
+base: {{data: {{name: digits}}, model: {{args: {{hidden: [8]}}}}, epochs: 1, progress: false}}
+entries:
+  - label: BP
+    seeds: [0, 1]
+"""
+    suite.write_text(text)
+    assert run_cli(capsys, "bench", str(suite))[0] == 0
+    record = tmp_path / "records" / "suite" / "bp" / "s1.json"
+    table = (tmp_path / "d.md").read_text()
+    shutil.rmtree(tmp_path / "runs")  # checkpoints are not kept; the records are
+    assert run_cli(capsys, "bench", str(suite), "--report-only")[0] == 0
+    assert (tmp_path / "d.md").read_text() == table and "| BP | 1 | 2/2 |" in table
+    code, _, err = run_cli(capsys, "bench", str(suite), "--dry-run")
+    assert code == 0 and "seed" not in err  # nothing left to train
+    stamp = record.stat().st_mtime_ns
+    suite.write_text(text.replace("hidden: [8]", "hidden: [9]"))  # other settings: stale records
+    assert run_cli(capsys, "bench", str(suite), "--report-only")[0] == 0
+    assert "| BP | 1 | 0/2 |" in (tmp_path / "d.md").read_text()
+    assert run_cli(capsys, "bench", str(suite), "--seed", "1")[0] == 0
+    assert (
+        record.stat().st_mtime_ns != stamp and "| BP | 1 | 1/2 |" in (tmp_path / "d.md").read_text()
+    )

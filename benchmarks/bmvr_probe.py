@@ -120,6 +120,8 @@ def main() -> None:
             g["lr"] = lr
     for epoch in range(bp_epochs + 1, bp_epochs + epochs + 1):
         train_epoch(s, epoch, [])
+        if s.sched:  # as the library loop does (per epoch), so sched.* overrides take effect
+            s.sched.step()
         if epoch % max(1, epochs // 5) == 0 or epoch == bp_epochs + epochs:
             report(f"epoch {epoch} ({time.perf_counter() - start:.0f} s)")
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,17 +117,19 @@ entries:
     assert (tmp_path / "docs" / "tiny.png").is_file()
 
 
-def test_bench_table_states_the_runs_threads_not_the_reporters(capsys, tmp_path, one_thread):
+def tiny_suite(tmp_path, entries: str, base: str = "progress: false") -> Path:
+    """A suite of 1-epoch runs on digits writing ``d.md`` and ``runs/`` under tmp_path."""
     suite = tmp_path / "suite.yaml"
+    model = "data: {name: digits}, model: {args: {hidden: [8]}}, epochs: 1"
     suite.write_text(
-        f"""
-doc: {tmp_path / "d.md"}
-runs_dir: {tmp_path / "runs"}
-base: {{data: {{name: digits}}, model: {{args: {{hidden: [8]}}}}, epochs: 1, threads: 1}}
-entries:
-  - label: BP
-"""
+        f"doc: {tmp_path / 'd.md'}\nruns_dir: {tmp_path / 'runs'}\n"
+        f"base: {{{model}, {base}}}\nentries:\n{entries}"
     )
+    return suite
+
+
+def test_bench_table_states_the_runs_threads_not_the_reporters(capsys, tmp_path, one_thread):
+    suite = tiny_suite(tmp_path, "  - label: BP\n", "threads: 1")
     assert run_cli(capsys, "bench", str(suite), "--no-progress")[0] == 0
     torch.set_num_threads(2)  # the reporter's count differs from the run's; one_thread restores it
     assert run_cli(capsys, "bench", str(suite), "--report-only")[0] == 0
@@ -147,18 +150,8 @@ def test_console_script_entry_point(tmp_path) -> None:
 
 
 def test_bench_records_a_diverged_run_and_goes_on(capsys, tmp_path) -> None:
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(
-        f"""
-doc: {tmp_path / "d.md"}
-runs_dir: {tmp_path / "runs"}
-base: {{data: {{name: digits}}, model: {{args: {{hidden: [16]}}}}, epochs: 1, progress: false}}
-entries:
-  - label: exploding
-    set: {{optim.lr: 1.0e+30}}
-  - label: fine
-"""
-    )
+    entries = "  - label: exploding\n    set: {optim.lr: 1.0e+30}\n  - label: fine\n"
+    suite = tiny_suite(tmp_path, entries)
     assert run_cli(capsys, "bench", str(suite))[0] == 0
     table = (tmp_path / "d.md").read_text()
     assert "| exploding | 1 | 0/1 (1 diverged) |" in table and "| fine | 1 | 1/1 |" in table
@@ -168,17 +161,7 @@ entries:
 
 
 def test_bench_seed_selects_seeds_and_rejects_unknown_ones(capsys, tmp_path) -> None:
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(
-        f"""
-doc: {tmp_path / "d.md"}
-runs_dir: {tmp_path / "runs"}
-base: {{data: {{name: digits}}, model: {{args: {{hidden: [8]}}}}, epochs: 1, progress: false}}
-entries:
-  - label: BP
-    seeds: [0, 1, 2]
-"""
-    )
+    suite = tiny_suite(tmp_path, "  - label: BP\n    seeds: [0, 1, 2]\n")
     assert run_cli(capsys, "bench", str(suite), "--seed", "2", "--seed", "0")[0] == 0
     assert sorted(p.name for p in (tmp_path / "runs" / "bp").iterdir()) == ["s0", "s2"]
     assert "| BP | 1 | 2/3 |" in (tmp_path / "d.md").read_text()
@@ -189,16 +172,8 @@ entries:
 
 
 def test_bench_records_stand_in_for_deleted_runs_until_the_entry_changes(capsys, tmp_path):
-    suite = tmp_path / "suite.yaml"
-    text = f"""
-doc: {tmp_path / "d.md"}
-runs_dir: {tmp_path / "runs"}
-base: {{data: {{name: digits}}, model: {{args: {{hidden: [8]}}}}, epochs: 1, progress: false}}
-entries:
-  - label: BP
-    seeds: [0, 1]
-"""
-    suite.write_text(text)
+    suite = tiny_suite(tmp_path, "  - label: BP\n    seeds: [0, 1]\n")
+    text = suite.read_text()
     assert run_cli(capsys, "bench", str(suite))[0] == 0
     record = tmp_path / "records" / "suite" / "bp" / "s1.json"
     table = (tmp_path / "d.md").read_text()

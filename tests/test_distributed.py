@@ -57,6 +57,11 @@ WORKER = textwrap.dedent(
         s = loop.build(cfg)
         loop.resume(s, Path(cfg.out))
         torch.save(s.rule.state_dict(), base / job["name"] / f"rank{os.environ['RANK']}.pt")
+    # Leave together: exiting with a live gloo group (e.g. right after the simulated kill) could
+    # abort one worker ("terminate called without an active exception") under heavy load.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     """
 )
 

@@ -147,15 +147,23 @@ def record_path(suite: Suite, entry: Entry, seed: int) -> Path:
     return suite.records / slug(entry.label) / f"s{seed}.json"
 
 
-def dir_status(d: Path, epochs: int) -> str:
-    if not (d / results.RESULT).is_file():
+def _status_of(r: dict[str, Any] | None, epochs: int) -> str:
+    """Status of a result.json (from a run folder or a record); None means no result yet."""
+    if r is None:
         return "todo"
-    r = results.read_result(d)
     if r.get("status") == "diverged":
         return "diverged"
     return (
         "finished" if r.get("status") == "finished" and r.get("epochs_done") == epochs else "todo"
     )
+
+
+def _dir_result(d: Path) -> dict[str, Any] | None:
+    return results.read_result(d) if (d / results.RESULT).is_file() else None
+
+
+def dir_status(d: Path, epochs: int) -> str:
+    return _status_of(_dir_result(d), epochs)
 
 
 def read_record(suite: Suite, entry: Entry, seed: int) -> dict[str, Any] | None:
@@ -174,15 +182,11 @@ def _identity(entry: Entry, seed: int) -> str:
 def run_result(suite: Suite, entry: Entry, seed: int) -> tuple[str, dict[str, Any] | None]:
     """("finished" | "diverged" | "todo", result): the run folder first, then the record."""
     epochs = run_config(entry, seed).epochs
-    d = run_dir(suite, entry, seed)
-    if (st := dir_status(d, epochs)) != "todo":
-        return st, results.read_result(d)
-    r = read_record(suite, entry, seed)
-    if r is not None and r.get("status") == "diverged":
-        return "diverged", r
-    if r is not None and r.get("status") == "finished" and r.get("epochs_done") == epochs:
-        return "finished", r
-    return "todo", None
+    r = _dir_result(run_dir(suite, entry, seed))
+    if (st := _status_of(r, epochs)) == "todo":
+        r = read_record(suite, entry, seed)
+        st = _status_of(r, epochs)
+    return st, (None if st == "todo" else r)
 
 
 def status(suite: Suite, entry: Entry, seed: int) -> str:
@@ -190,17 +194,22 @@ def status(suite: Suite, entry: Entry, seed: int) -> str:
     return run_result(suite, entry, seed)[0]
 
 
+def write_record(suite: Suite, entry: Entry, seed: int) -> None:
+    """Record the run folder of (entry, seed) if it finished or diverged (atomic write)."""
+    r = _dir_result(run_dir(suite, entry, seed))
+    if _status_of(r, run_config(entry, seed).epochs) == "todo":
+        return
+    rec = {"identity": _identity(entry, seed), "result": r}
+    p = record_path(suite, entry, seed)
+    if not p.is_file() or json.loads(p.read_text()) != rec:
+        results.write_json(p, rec)
+
+
 def write_records(suite: Suite) -> None:
-    """Record every finished or diverged run folder of the suite (atomic writes)."""
+    """Record every finished or diverged run folder of the suite."""
     for entry in suite.entries:
         for seed in entry.seeds:
-            d = run_dir(suite, entry, seed)
-            if dir_status(d, run_config(entry, seed).epochs) == "todo":
-                continue
-            rec = {"identity": _identity(entry, seed), "result": results.read_result(d)}
-            p = record_path(suite, entry, seed)
-            if not p.is_file() or json.loads(p.read_text()) != rec:
-                results.write_json(p, rec)
+            write_record(suite, entry, seed)
 
 
 def run_suite(
@@ -238,7 +247,7 @@ def run_suite(
             except Diverged as err:  # a diverged run is a result; the suite goes on
                 print(f"[bench {suite.name}] {entry.label} seed {seed} diverged: {err}",
                       file=sys.stderr)  # fmt: skip
-            write_records(suite)
+            write_record(suite, entry, seed)
 
 
 def _check_selection(suite: Suite, only: list[str] | None, seeds: list[int] | None) -> None:

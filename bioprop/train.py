@@ -299,14 +299,32 @@ def checkpoint(s: Setup, epoch: int, history: list[dict[str, Any]], out: Path) -
     )
 
 
+def _check_extension(cfg: TrainConfig, saved_epochs: int, done: int, out: Path) -> None:
+    """A run may be resumed with more epochs than it was started with (extended), as long as
+    nothing it already did depends on the total: the cosine schedule's T_max does."""
+    if cfg.epochs == saved_epochs:
+        return
+    if cfg.sched.name == "cosine":
+        raise BiopropError(
+            f"cannot extend {out} from {saved_epochs} to {cfg.epochs} epochs: "
+            "the cosine schedule depends on the total number of epochs"
+        )
+    if cfg.epochs < done:
+        raise BiopropError(f"cannot resume {out} with epochs={cfg.epochs}: it has done {done}")
+
+
 def resume(s: Setup, out: Path) -> tuple[int, list[dict[str, Any]]]:
-    """Restore a run from its checkpoint; refuses if the saved config differs."""
+    """Restore a run from its checkpoint; refuses if the saved config differs, except in
+    ``RESUME_FREE`` keys and in ``epochs`` (a run can be extended, see ``_check_extension``).
+    An extended run is the same run as one started with the larger ``epochs``: the checkpoint
+    holds the RNG, optimizer and schedule state (tested)."""
     saved = from_dict(TrainConfig, results.read_yaml_dict(out / results.CONFIG))
     mine, theirs = to_dict(s.cfg), to_dict(saved)
-    diff = [k for k in mine if k not in RESUME_FREE and mine[k] != theirs[k]]
+    diff = [k for k in mine if k not in (*RESUME_FREE, "epochs") and mine[k] != theirs[k]]
     if diff:
         raise BiopropError(f"cannot resume {out}: config differs from the saved one in {diff}")
     state = results.load_checkpoint(out / results.CHECKPOINT)
+    _check_extension(s.cfg, saved.epochs, state["epoch"], out)
     s.rule.load_state_dict(state["rule"])
     s.opt.load_state_dict(state["opt"])
     if s.sched:

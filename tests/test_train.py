@@ -75,6 +75,28 @@ def test_resume_refuses_a_changed_config(tmp_path) -> None:
         train(tiny_config(tmp_path, "epochs=1"))
 
 
+def test_extended_run_equals_one_trained_straight(tmp_path) -> None:
+    """Resuming a finished 2-epoch run with epochs=4 gives the 4-epoch run, bit for bit (the
+    step schedule, dropout and shuffling continue from the checkpoint)."""
+    sets = ("model.args.dropout=0.3", "sched.name=multistep", "sched.milestones=[3]")
+    straight = train(tiny_config(tmp_path / "a", "epochs=4", *sets))
+    train(tiny_config(tmp_path / "b", "epochs=2", *sets))
+    extended = train(tiny_config(tmp_path / "b", "epochs=4", *sets), resume_run=True)
+    assert strip_timings(extended) == strip_timings(straight)
+    assert results.read_yaml_dict(tmp_path / "b" / "run" / results.CONFIG)["epochs"] == 4
+
+
+def test_extension_refused_when_it_would_change_the_past(tmp_path) -> None:
+    from bioprop.errors import BiopropError
+
+    train(tiny_config(tmp_path / "c", "epochs=2", "sched.name=cosine"))
+    with pytest.raises(BiopropError, match="cosine schedule depends on the total"):
+        train(tiny_config(tmp_path / "c", "epochs=3", "sched.name=cosine"), resume_run=True)
+    train(tiny_config(tmp_path / "d", "epochs=2"))
+    with pytest.raises(BiopropError, match="it has done 2"):
+        train(tiny_config(tmp_path / "d", "epochs=1"), resume_run=True)
+
+
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch) -> None:
     calls = {"n": 0}
     real_step = Backprop.step

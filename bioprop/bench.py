@@ -331,6 +331,35 @@ def _metric(g: Group, key: str, scale: float) -> str:
     return fmt(mean, std, n)
 
 
+_ROW = re.compile(r"^\| (?P<label>.+?) \| [^|]* \| (?P<done>\d+)/\d+")
+
+
+def _rows_done(doc: Path) -> dict[str, int]:
+    """Finished runs per entry as an existing table states them ("seeds done" column)."""
+    if not doc.is_file():
+        return {}
+    rows = (_ROW.match(line) for line in doc.read_text().splitlines())
+    return {m["label"]: int(m["done"]) for m in rows if m}
+
+
+def _traces(suite: Suite, entry: Entry) -> int:
+    """Seeds of ``entry`` that have a run folder or a record here (of any settings)."""
+    return sum(
+        (run_dir(suite, entry, s) / results.RESULT).is_file()
+        or (run_dir(suite, entry, s) / results.CHECKPOINT).is_file()
+        or record_path(suite, entry, s).is_file()
+        for s in entry.seeds
+    )
+
+
+def lost_rows(suite: Suite) -> list[str]:
+    """Entries for which the current table lists more finished runs than have left a trace
+    here (run folders deleted, no records): rewriting the table would silently drop their
+    numbers. An entry whose settings changed keeps its folders or records and is not counted."""
+    before = _rows_done(suite.doc)
+    return [e.label for e in suite.entries if before.get(e.label, 0) > _traces(suite, e)]
+
+
 def write_doc(suite: Suite) -> Path:
     from bioprop.plots import plot_runs
 

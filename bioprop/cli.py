@@ -80,9 +80,14 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from bioprop.bench import load_suite, run_suite, write_doc
+    from bioprop.bench import load_suite, lost_rows, run_suite, write_doc
 
     suite = load_suite(a.suite)
+    if not (a.force or a.dry_run) and (lost := lost_rows(suite)):
+        raise BiopropError(
+            f"{suite.doc} lists finished runs of {lost}, but their run folders are gone and they "
+            "have no records: rewriting it would drop them (pass --force to rewrite it anyway)"
+        )
     if not a.report_only:
         run_suite(
             suite,
@@ -157,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--report-only", action="store_true", help="write the table from finished runs")
     b.add_argument("--dry-run", action="store_true", help="list what would run")
+    b.add_argument("--force", action="store_true", help="rewrite the table even if it loses rows")
     b.add_argument("--no-progress", action="store_true")
     _add_data_dir(b)
     b.set_defaults(fn=cmd_bench)

@@ -136,6 +136,20 @@ def test_bench_table_states_the_runs_threads_not_the_reporters(capsys, tmp_path,
     assert "threads per run: 1." in (tmp_path / "d.md").read_text()
 
 
+def test_bench_refuses_to_drop_table_rows_whose_runs_are_gone(capsys, tmp_path):
+    suite = tiny_suite(tmp_path, "  - label: BP\n    seeds: [0, 1]\n")
+    assert run_cli(capsys, "bench", str(suite))[0] == 0
+    table = (tmp_path / "d.md").read_text()
+    shutil.rmtree(tmp_path / "runs" / "bp" / "s1")
+    shutil.rmtree(tmp_path / "records")
+    code, _, err = run_cli(capsys, "bench", str(suite), "--report-only")
+    assert code == 2 and "lists finished runs of ['BP']" in err and "--force" in err
+    assert (tmp_path / "d.md").read_text() == table  # untouched
+    assert run_cli(capsys, "bench", str(suite), "--report-only", "--force")[0] == 0
+    assert "| BP | 1 | 1/2 |" in (tmp_path / "d.md").read_text()
+    assert run_cli(capsys, "bench", str(suite), "--report-only")[0] == 0  # nothing more to lose
+
+
 def test_console_script_entry_point(tmp_path) -> None:
     """The installed program (not just main()) maps a user mistake to exit code 2."""
     proc = subprocess.run(

@@ -1,0 +1,59 @@
+"""Score a suite's finished runs on a slice of their test split, from the saved checkpoints.
+
+Usage::
+
+    python benchmarks/heldout_eval.py SUITE.yaml START [END]
+
+Why: exploratory probes sometimes score on part of a suite's test split (``bmvr_probe.py`` uses
+the first 10k images of the BMVR Table 1 test split, i.e. of the 60k MNIST training images). A
+setting chosen that way has seen those images, so the honest test number of the suite is the
+one on the rest, images START..END of the test split. For BMVR this is also the paper's likely
+protocol (train on the 10k official test images, validate on 10k, test on the other 50k).
+
+Each run is rebuilt with the library (``train.build``, same config, same data preparation),
+its rule state is loaded from ``checkpoint.pt`` (the last epoch), and ``train.evaluate`` scores
+it. Prints a markdown table: per entry, the accuracy of each seed and mean ± sample std. Needs
+the run folders (records hold no weights). Data from ``BIOPROP_DATA``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+from bioprop import results
+from bioprop.bench import load_suite, run_config, run_dir
+from bioprop.data import Split
+from bioprop.train import build, evaluate
+
+
+def heldout_accuracy(cfg, d, start: int, end: int | None) -> float:
+    s = build(cfg)
+    s.rule.load_state_dict(results.load_checkpoint(d / results.CHECKPOINT)["rule"])
+    test = Split(s.data.test.x[start:end], s.data.test.y[start:end])
+    return evaluate(s.rule, test, cfg.data.eval_batch_size, s.device)["acc"]
+
+
+def main() -> None:
+    path, start = sys.argv[1], int(sys.argv[2])
+    end = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    suite = load_suite(path)
+    print(f"| run | test images {start}..{end or 'end'}, per seed (%) | mean ± std |")
+    print("|---|---|---:|")
+    for entry in suite.entries:
+        accs = []
+        for seed in entry.seeds:
+            d = run_dir(suite, entry, seed)
+            if (d / results.CHECKPOINT).is_file():
+                cfg = run_config(entry, seed)
+                cfg.progress = False
+                accs.append(100 * heldout_accuracy(cfg, d, start, end))
+        if not accs:
+            continue
+        std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        each = " / ".join(f"{a:.2f}" for a in accs)
+        print(f"| {entry.label} | {each} | {statistics.mean(accs):.2f} ± {std:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ import sys
 from bioprop import results
 from bioprop.bench import load_suite, run_config, run_dir
 from bioprop.data import Split
+from bioprop.report import fmt
 from bioprop.train import build, evaluate
 
 
@@ -50,9 +51,10 @@ def main() -> None:
                 accs.append(100 * heldout_accuracy(cfg, d, start, end))
         if not accs:
             continue
-        std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         each = " / ".join(f"{a:.2f}" for a in accs)
-        print(f"| {entry.label} | {each} | {statistics.mean(accs):.2f} ± {std:.2f} |", flush=True)
+        summary = fmt(statistics.mean(accs), std, len(accs))
+        print(f"| {entry.label} | {each} | {summary} |", flush=True)
 
 
 if __name__ == "__main__":

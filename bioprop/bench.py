@@ -345,9 +345,7 @@ def _rows_done(doc: Path) -> dict[str, int]:
 def _traces(suite: Suite, entry: Entry) -> int:
     """Seeds of ``entry`` that have a run folder or a record here (of any settings)."""
     return sum(
-        (run_dir(suite, entry, s) / results.RESULT).is_file()
-        or (run_dir(suite, entry, s) / results.CHECKPOINT).is_file()
-        or record_path(suite, entry, s).is_file()
+        results.holds_run(run_dir(suite, entry, s)) or record_path(suite, entry, s).is_file()
         for s in entry.seeds
     )
 

@@ -78,6 +78,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether a run (finished, or checkpointed part-way) lives in ``run_dir``."""
+    d = Path(run_dir)
+    return (d / CHECKPOINT).is_file() or (d / RESULT).is_file()
+
+
 def read_result(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / RESULT).read_text())
 

@@ -404,7 +404,7 @@ def train(cfg: TrainConfig, *, resume_run: bool = False, data_dir: str | None = 
     start_epoch, history = 0, []
     if resume_run and (out / results.CHECKPOINT).exists():
         start_epoch, history = resume(s, out)
-    elif (out / results.CHECKPOINT).exists() or (out / results.RESULT).exists():
+    elif results.holds_run(out):
         raise BiopropError(f"run directory {out} already holds a run; pass --resume or another out")
     main = s.dist.main  # only rank 0 writes the run directory
     if main:

@@ -1,5 +1,6 @@
 """Objective vs samples seen for a linear BMVR suite: every entry (BMVR, BP on the same net), one
-line per seed, and the offline optimum.
+line per seed, the offline optimum and, where the runs logged it (``rule.args.ref_ridge``), the
+rank-k ridge optimum.
 
 Usage::
 
@@ -29,8 +30,9 @@ SUITE = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/bmvr-mnist-linear
 OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/bmvr-linear.png")
 
 
-def curve(d: Path, batch: int) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(samples seen, objective, offline optimum) of one run, or None if it logged nothing."""
+def curve(d: Path, batch: int) -> tuple[np.ndarray, np.ndarray, float, float | None] | None:
+    """(samples seen, objective, offline optimum, ridge reference or None) of one run, or None
+    if it logged nothing."""
     if not (d / "metrics.csv").is_file():
         return None
     with open(d / "metrics.csv") as f:
@@ -39,13 +41,14 @@ def curve(d: Path, batch: int) -> tuple[np.ndarray, np.ndarray, float] | None:
         return None
     steps = np.array([float(r["step"]) * batch for r in rows])
     loss = np.array([float(r["bmvr/loss"]) for r in rows])
-    return steps, loss, float(rows[0]["bmvr/loss_opt"])
+    ridge = rows[0].get("bmvr/loss_ridge")
+    return steps, loss, float(rows[0]["bmvr/loss_opt"]), float(ridge) if ridge else None
 
 
 def main() -> None:
     suite = load_suite(SUITE)
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    opt = None
+    opt = ridge = lam = None
     for i, entry in enumerate(suite.entries):
         batch = int(entry.config.get("data", {}).get("batch_size", 1))
         epochs = int(entry.config.get("epochs", 1))
@@ -54,13 +57,17 @@ def main() -> None:
             c = curve(d, batch)
             if c is None:
                 continue
-            steps, loss, opt = c
+            steps, loss, opt, r = c
+            if r is not None:
+                ridge, lam = r, entry.config["rule"]["args"]["ref_ridge"]
             label = entry.label if j == 0 else None
             ax.plot(steps, loss, color=f"C{i}", lw=1, label=label)
             if dir_status(d, epochs) != "finished":
                 ax.plot(steps[-1], loss[-1], "x", color=f"C{i}", ms=8)
     if opt is not None:
         ax.axhline(opt, color="k", ls="--", label="offline optimum (SVD)")
+    if ridge is not None:
+        ax.axhline(ridge, color="k", ls=":", label=f"rank-k ridge optimum, λ = {lam}")
     ax.set_xlabel("samples seen")
     ax.set_ylabel("objective E‖y − ŷ‖² (training set)")
     ax.set_title(suite.title.split(" (")[0], fontsize=9)

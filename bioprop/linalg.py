@@ -70,6 +70,19 @@ def solve_rrr(
     return RRRSolution(vx, vy, sigma, loss, s)
 
 
+def ridge_rrr_loss(
+    cxx: Tensor, cxy: Tensor, cyy: Tensor, k: int, ridge: float, s: float = 0.0
+) -> float:
+    """True objective (on ``Cxx``) of the rank-``k`` optimum solved with ``Cxx + ridge·I``.
+
+    The ridge solution ignores input directions with variance ≪ ``ridge``; an online rule with
+    a decaying rate has learned next to nothing in them either, so this is a reachable reference
+    line. ``ridge → 0`` recovers ``solve_rrr(...).loss``."""
+    eye = torch.eye(cxx.shape[0], dtype=cxx.dtype, device=cxx.device)
+    sol = solve_rrr(cxx + ridge * eye, cxy, cyy, k, s)
+    return rrr_loss(sol.vx, sol.vy, cxx, cxy, cyy, s)
+
+
 def rrr_loss(
     vx: Tensor, vy: Tensor, cxx: Tensor, cxy: Tensor, cyy: Tensor, s: float = 0.0
 ) -> float:

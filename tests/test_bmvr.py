@@ -67,6 +67,31 @@ def test_offline_rrr_is_rank_k_projection_of_ols(problem):
     assert sol.sigma[1] > 1.5 and sol.sigma[2] < 0.7  # the gap the other tests rely on
 
 
+def test_ridge_reference_is_rank_k_ridge_map_on_true_objective(problem):
+    """The ridge reference (rank-k optimum of Cxx + λI, scored on Cxx) equals numpy's rank-k
+    projection of the ridge map B = Cyx(Cxx + λI)⁻¹ in the metric Cxx + λI, scored sample by
+    sample; it lies above L* and tends to it as λ → 0; the rule logs it."""
+    from bioprop.data import Split
+
+    x, y = problem["x"].numpy(), problem["y"].numpy()
+    c = (problem["cxx"], problem["cxy"], problem["cyy"])
+    lam_star = linalg.solve_rrr(*c, K).loss
+    for lam in (0.3, 0.05):
+        cr = x.T @ x / T + lam * np.eye(M)
+        b = np.linalg.solve(cr, x.T @ y / T).T
+        _, vec = np.linalg.eigh(b @ cr @ b.T)
+        b_k = vec[:, -K:] @ vec[:, -K:].T @ b
+        oracle = np.mean(np.sum((y - x @ b_k.T) ** 2, axis=1))
+        got = linalg.ridge_rrr_loss(*c, K, lam)
+        assert abs(got / oracle - 1) < 1e-10
+        assert got > lam_star * (1 + 1e-6)
+    assert abs(linalg.ridge_rrr_loss(*c, K, 1e-9) / lam_star - 1) < 1e-6
+    rule = make_rule(K, ref_ridge=0.3, scale_inputs=False)
+    rule.prepare(Split(problem["x"], problem["y"]))
+    assert abs(rule.metrics()["bmvr/loss_ridge"] / linalg.ridge_rrr_loss(*c, K, 0.3) - 1) < 1e-10
+    assert "bmvr/loss_ridge" not in make_rule(K).metrics()
+
+
 @pytest.mark.parametrize("s", [0.0, 0.3, 1.0])
 def test_optimal_loss_formula(problem, s):
     """L* = Tr(S⁻¹Cyy) − Σσ² must equal the loss measured sample by sample at (Vx*, Vy*)."""

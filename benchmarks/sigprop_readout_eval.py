@@ -20,6 +20,7 @@ import sys
 
 from bioprop import results
 from bioprop.bench import load_suite, run_config, run_dir
+from bioprop.errors import BiopropError
 from bioprop.train import build, evaluate
 
 
@@ -30,6 +31,8 @@ def accuracy(cfg, d) -> float:
 
 
 def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python benchmarks/sigprop_readout_eval.py SUITE.yaml")
     suite = load_suite(sys.argv[1])
     print("| run | seed | head | readout of hidden block 0, 1, ... |")
     print("|---|---:|---:|---|")
@@ -47,8 +50,13 @@ def main() -> None:
                 for layer in range(n_hidden):
                     cfg.rule.args = {**cfg.rule.args, "predict": "readout", "readout_layer": layer}
                     cells.append(f"{accuracy(cfg, d):.2f}")
-            print(f"| {entry.label} | {seed} | {head:.2f} | {' / '.join(cells) or '–'} |", flush=True)
+            print(
+                f"| {entry.label} | {seed} | {head:.2f} | {' / '.join(cells) or '–'} |", flush=True
+            )
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BiopropError as e:
+        sys.exit(f"error: {e}")

@@ -326,10 +326,13 @@ class Pepita(Rule):
             factor.mul_(1 - self.mirror_lr * self.mirror_wd).add_(
                 xi.T @ u, alpha=self.mirror_lr / batch
             )
-        gain = (self.sigma_f / self._product().std()) ** (1.0 / len(self.factors))
+        product = self._product()
+        ratio = self.sigma_f / product.std()
+        gain = ratio ** (1.0 / len(self.factors))
         for name in self.factors:
             getattr(self, name).mul_(gain)
-        self.F.copy_(self._product())
+        # F is linear in each factor, so scaling all L factors by gain scales F by gain^L = ratio
+        self.F.copy_(product.mul_(ratio))
 
 
 @register_rule("pepita_hebbian")

@@ -370,6 +370,10 @@ class PepitaTimeLocal(Pepita):
     G_L = −Yᵀhm_{L−1} / B, applied by the loop's step. Momentum and weight decay see both.
     fresh_masks: draw new dropout masks for pass 2 (official) or reuse pass 1's.
     The rule calls the optimizer the loop attached (``attach_optimizer``).
+    Caution: step (a) lowers the weights before pass 2 runs, so the halves do not cancel to
+    PEPITA's h − h_mod. On uncentred inputs with large x_iᵀx_j (CIFAR-10 in [0, 1]: ≈ 950) at
+    lr 0.01 the hidden units fall silent within 100 batches and the net stays at chance
+    (docs/pepita-results.md; ``benchmarks/pepita_tl_probe.py``).
     """
 
     # Each half-step is a full Hebbian term, not a small difference: a smaller lr, and no

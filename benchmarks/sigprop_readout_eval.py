@@ -21,13 +21,30 @@ import sys
 from bioprop import results
 from bioprop.bench import load_suite, run_config, run_dir
 from bioprop.errors import BiopropError
+from bioprop.rules import build_rule
 from bioprop.train import build, evaluate
 
 
-def accuracy(cfg, d) -> float:
+def scores(cfg, d) -> tuple[float, list[float]]:
+    """Test accuracy (%) with the head, and with the readout of every hidden block (SigProp).
+
+    The run is built once (data, model, rule) and its checkpoint read once; each readout is
+    a second rule object on the same model, with the same state loaded."""
     s = build(cfg)
-    s.rule.load_state_dict(results.load_checkpoint(d / results.CHECKPOINT)["rule"])
-    return 100 * evaluate(s.rule, s.data.test, cfg.data.eval_batch_size, s.device)["acc"]
+    state = results.load_checkpoint(d / results.CHECKPOINT)["rule"]
+    s.rule.load_state_dict(state)
+
+    def acc(rule) -> float:
+        return 100 * evaluate(rule, s.data.test, cfg.data.eval_batch_size, s.device)["acc"]
+
+    readouts = []
+    if cfg.rule.name == "sigprop":
+        for layer in range(len(s.rule.model.blocks) - 1):
+            args = {**cfg.rule.args, "predict": "readout", "readout_layer": layer}
+            rule = build_rule(cfg.rule.name, s.rule.model, **args).to(s.device)
+            rule.load_state_dict(state)
+            readouts.append(acc(rule))
+    return acc(s.rule), readouts
 
 
 def main() -> None:
@@ -43,16 +60,9 @@ def main() -> None:
                 continue
             cfg = run_config(entry, seed)
             cfg.progress = False
-            head = accuracy(cfg, d)
-            cells = []
-            if cfg.rule.name == "sigprop":
-                n_hidden = len(build(cfg).rule.model.blocks) - 1
-                for layer in range(n_hidden):
-                    cfg.rule.args = {**cfg.rule.args, "predict": "readout", "readout_layer": layer}
-                    cells.append(f"{accuracy(cfg, d):.2f}")
-            print(
-                f"| {entry.label} | {seed} | {head:.2f} | {' / '.join(cells) or '–'} |", flush=True
-            )
+            head, readouts = scores(cfg, d)
+            cells = " / ".join(f"{a:.2f}" for a in readouts) or "–"
+            print(f"| {entry.label} | {seed} | {head:.2f} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bioprop.bench import dir_status, load_suite, run_dir
+from bioprop.errors import run_script
 
 SUITE = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/bmvr-mnist-linear.yaml")
 OUT = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/bmvr-linear.png")
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

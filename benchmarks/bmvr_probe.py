@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from bioprop.bench import load_suite
 from bioprop.config import TrainConfig, apply_overrides, from_dict
 from bioprop.data import Split
+from bioprop.errors import run_script
 from bioprop.train import build, train_epoch
 
 SUITE, ENTRY = "benchmarks/bmvr-mnist-table1.yaml", "BMVR k=64"
@@ -127,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bioprop import results
 from bioprop.bench import load_suite, run_dir
+from bioprop.errors import run_script
 
 # Test-accuracy ranges per epoch, spec §7: MNIST rule `slow`, g 0.5, d 0.95, seeds 0-40;
 # CIFAR-10 epoch 1 "about 32-36 %", epoch 50 the published final mean ± one std (51.856 ± 0.335).
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -24,6 +24,7 @@ import sys
 from bioprop import results
 from bioprop.bench import load_suite, run_config, run_dir
 from bioprop.data import Split
+from bioprop.errors import run_script
 from bioprop.report import fmt
 from bioprop.train import build, evaluate
 
@@ -36,6 +37,8 @@ def heldout_accuracy(cfg, d, start: int, end: int | None) -> float:
 
 
 def main() -> None:
+    if len(sys.argv) not in (3, 4) or not sys.argv[2].isdigit():
+        sys.exit("usage: python benchmarks/heldout_eval.py SUITE.yaml START [END]")
     path, start = sys.argv[1], int(sys.argv[2])
     end = int(sys.argv[3]) if len(sys.argv) > 3 else None
     suite = load_suite(path)
@@ -58,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

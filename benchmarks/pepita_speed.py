@@ -31,6 +31,7 @@ from throughput import same_shape_gemm_seconds, timed
 
 from bioprop.bench import load_suite
 from bioprop.config import TrainConfig, from_dict
+from bioprop.errors import run_script
 from bioprop.models import build_model
 from bioprop.results import write_text
 from bioprop.rules import build_rule
@@ -190,4 +191,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,7 +20,7 @@ import torch
 
 from bioprop.config import TrainConfig, apply_overrides, from_dict
 from bioprop.data import batches
-from bioprop.errors import BiopropError
+from bioprop.errors import run_script
 from bioprop.train import build
 
 RECIPE = {
@@ -66,7 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BiopropError as e:
-        sys.exit(f"error: {e}")
+    run_script(main)

@@ -20,7 +20,7 @@ import sys
 
 from bioprop import results
 from bioprop.bench import load_suite, run_config, run_dir
-from bioprop.errors import BiopropError
+from bioprop.errors import run_script
 from bioprop.rules import build_rule
 from bioprop.train import build, evaluate
 
@@ -66,7 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BiopropError as e:
-        sys.exit(f"error: {e}")
+    run_script(main)

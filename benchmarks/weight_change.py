@@ -16,6 +16,7 @@ import sys
 from bioprop import results
 from bioprop.bench import load_suite, run_dir
 from bioprop.config import TrainConfig, from_dict
+from bioprop.errors import run_script
 from bioprop.train import build
 
 
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

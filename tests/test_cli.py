@@ -63,6 +63,26 @@ def test_bad_yaml_and_bad_suite(capsys, tmp_path) -> None:
     assert rc == 2 and "unknown entry keys ['sett']" in err
 
 
+def test_benchmark_scripts_report_a_missing_suite_in_one_line(tmp_path) -> None:
+    # The developer scripts under benchmarks/ go through errors.run_script like the CLI does.
+    path = Path(__file__).parents[1] / "benchmarks" / "weight_change.py"
+    r = subprocess.run(
+        [sys.executable, str(path), str(tmp_path / "none.yaml")], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: config file")
+
+
+def test_run_script_keeps_tracebacks_for_bugs() -> None:
+    from bioprop.errors import BiopropError, run_script
+
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: (_ for _ in ()).throw(BiopropError("bad value")))
+    assert e.value.code == 2
+    with pytest.raises(ZeroDivisionError):
+        run_script(lambda: 1 / 0)
+
+
 def test_listings(capsys) -> None:
     for kind, name in (("rules", "bp"), ("models", "lenet5"), ("datasets", "digits")):
         rc, out, _ = run_cli(capsys, kind)

@@ -1,0 +1,56 @@
+"""Per-epoch curves of the runs of one or more suites, finished, stopped or still running.
+
+``bioprop bench`` draws only finished runs. This script reads each run's last checkpoint, so a
+run that was stopped (e.g. one that diverged slowly without going non-finite) can be drawn
+beside the others. It prints one row per run every few epochs and writes the project's usual
+PNG (accuracy and loss per epoch, train and test).
+
+    python benchmarks/suite_curves.py benchmarks/pepita-cifar10-deep.yaml \\
+        benchmarks/pepita-cifar10-deep-wm-probe.yaml --png docs/pepita-cifar10-deep-wm.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bioprop import results
+from bioprop.bench import load_suite, run_dir
+from bioprop.errors import run_script
+from bioprop.plots import plot_runs
+
+
+def epoch_rows(suite_paths: list[str]) -> dict[str, list[dict]]:
+    """Label and seed -> the per-epoch history rows of every run that has a checkpoint."""
+    runs = {}
+    for path in suite_paths:
+        suite = load_suite(path)
+        for e in suite.entries:
+            for seed in e.seeds:
+                ck = run_dir(suite, e, seed) / results.CHECKPOINT
+                if ck.exists():
+                    h = results.load_checkpoint(ck)["history"]
+                    runs[f"{e.label} s{seed}"] = [r for r in h if r["kind"] == "epoch"]
+    return runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("suites", nargs="+")
+    p.add_argument("--every", type=int, default=10, help="print every N-th epoch (and the last)")
+    p.add_argument("--png", help="write the curves here")
+    a = p.parse_args()
+    runs = epoch_rows(a.suites)
+    print("| run | epoch | test acc (%) | training loss |")
+    print("|---|---:|---:|---:|")
+    for name, rows in runs.items():
+        for r in rows:
+            if r["epoch"] % a.every == 0 or r is rows[-1]:
+                print(
+                    f"| {name} | {r['epoch']} | {100 * r['test_acc']:.2f} | {r['train_loss']:.4g} |"
+                )
+    if a.png and runs:
+        plot_runs(runs, a.png)
+
+
+if __name__ == "__main__":
+    run_script(main)

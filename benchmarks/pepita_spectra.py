@@ -1,0 +1,59 @@
+"""Largest singular value of every PEPITA weight matrix, and how well F lines up with the
+forward product, for each run of one or more suites, read from the run's last checkpoint.
+
+Weight mirroring keeps F close to c·(W_L⋯W₁)ᵀ. This script shows whether the forward weights
+stay bounded while it does, which is how the 100-epoch depth suite's mirrored run was found to
+blow up.
+
+    python benchmarks/pepita_spectra.py benchmarks/pepita-cifar10-deep.yaml \\
+        benchmarks/pepita-cifar10-deep-wm-probe.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from bioprop import results
+from bioprop.bench import load_suite, run_dir
+from bioprop.errors import run_script
+
+
+def spectra(state: dict) -> tuple[list[float], float]:
+    """Top singular value of each W_l, and cos(F, (W_L⋯W₁)ᵀ) over all entries."""
+    ws = [
+        v
+        for k, v in sorted(state.items())
+        if k.startswith("model.blocks.") and k.endswith("op.weight")
+    ]
+    top = [torch.linalg.matrix_norm(w.double(), ord=2).item() for w in ws]
+    prod = ws[0].double().T
+    for w in ws[1:]:
+        prod = prod @ w.double().T
+    cos = torch.nn.functional.cosine_similarity(
+        state["F"].double().flatten(), prod.flatten(), dim=0
+    )
+    return top, cos.item()
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: python benchmarks/pepita_spectra.py SUITE.yaml [SUITE.yaml ...]")
+    print("| run | epoch | largest singular value of W₁, W₂, … | cos(F, (W_L⋯W₁)ᵀ) |")
+    print("|---|---:|---|---:|")
+    for path in sys.argv[1:]:
+        suite = load_suite(path)
+        for e in suite.entries:
+            for seed in e.seeds:
+                ck = run_dir(suite, e, seed) / results.CHECKPOINT
+                if not ck.exists():
+                    continue
+                state = results.load_checkpoint(ck)
+                top, cos = spectra(state["rule"])
+                cells = " / ".join(f"{t:.3g}" for t in top)
+                print(f"| {e.label} s{seed} | {state['epoch']} | {cells} | {cos:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    run_script(main)

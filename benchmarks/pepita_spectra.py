@@ -22,11 +22,9 @@ from bioprop.errors import run_script
 
 def spectra(state: dict) -> tuple[list[float], float]:
     """Top singular value of each W_l, and cos(F, (W_L⋯W₁)ᵀ) over all entries."""
-    ws = [
-        v
-        for k, v in sorted(state.items())
-        if k.startswith("model.blocks.") and k.endswith("op.weight")
-    ]
+    # Block index order (a plain sort would put block 10 before block 2).
+    keys = [k for k in state if k.startswith("model.blocks.") and k.endswith(".op.weight")]
+    ws = [state[k] for k in sorted(keys, key=lambda k: int(k.split(".")[2]))]
     top = [torch.linalg.matrix_norm(w.double(), ord=2).item() for w in ws]
     prod = ws[0].double().T
     for w in ws[1:]:
@@ -50,6 +48,8 @@ def main() -> None:
                 if not ck.exists():
                     continue
                 state = results.load_checkpoint(ck)
+                if "F" not in state["rule"]:  # not a PEPITA run
+                    continue
                 top, cos = spectra(state["rule"])
                 cells = " / ".join(f"{t:.3g}" for t in top)
                 print(f"| {e.label} s{seed} | {state['epoch']} | {cells} | {cos:.3f} |", flush=True)

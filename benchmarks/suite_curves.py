@@ -20,16 +20,19 @@ from bioprop.plots import plot_runs
 
 
 def epoch_rows(suite_paths: list[str]) -> dict[str, list[dict]]:
-    """Label and seed -> the per-epoch history rows of every run that has a checkpoint."""
+    """Label and seed -> the per-epoch history rows of every run that has a checkpoint. A label
+    and seed that an earlier suite already gave (e.g. a probe later extended in another suite)
+    is taken from the earlier one."""
     runs = {}
     for path in suite_paths:
         suite = load_suite(path)
         for e in suite.entries:
             for seed in e.seeds:
                 ck = run_dir(suite, e, seed) / results.CHECKPOINT
-                if ck.exists():
+                name = f"{e.label} s{seed}"
+                if ck.exists() and name not in runs:  # the first suite that has it wins
                     h = results.load_checkpoint(ck)["history"]
-                    runs[f"{e.label} s{seed}"] = [r for r in h if r["kind"] == "epoch"]
+                    runs[name] = [r for r in h if r["kind"] == "epoch"]
     return runs
 
 

@@ -10,10 +10,9 @@ run can be compared with the published epoch-1 / epoch-2 ranges while it is stil
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from bioprop import results
-from bioprop.bench import load_suite, run_dir
+from bioprop.bench import load_suite, saved_runs
 from bioprop.errors import run_script
 
 # Test-accuracy ranges per epoch, spec §7: MNIST rule `slow`, g 0.5, d 0.95, seeds 0-40;
@@ -24,12 +23,6 @@ PUBLISHED = {
 }
 
 
-def history(d: Path) -> list[dict]:
-    if (d / results.CHECKPOINT).exists():
-        return results.load_checkpoint(d / results.CHECKPOINT)["history"]
-    return []
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("suite")
@@ -38,11 +31,8 @@ def main() -> None:
     suite = load_suite(a.suite)
     pub = PUBLISHED.get(suite.name, {})
     runs = {}
-    for e in suite.entries:
-        for seed in e.seeds:
-            h = history(run_dir(suite, e, seed))
-            if h:
-                runs[f"{e.label} s{seed}"] = h
+    for e, seed, d in saved_runs(suite):
+        runs[f"{e.label} s{seed}"] = results.load_checkpoint(d / results.CHECKPOINT)["history"]
     print("| run | epoch | test acc (%) | published test (%) | running train acc (%) | s/epoch |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, h in runs.items():

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from bioprop import results
-from bioprop.bench import load_suite, run_dir
+from bioprop.bench import load_suite, saved_runs
 from bioprop.errors import run_script
 
 
@@ -42,17 +42,13 @@ def main() -> None:
     print("|---|---:|---|---:|")
     for path in sys.argv[1:]:
         suite = load_suite(path)
-        for e in suite.entries:
-            for seed in e.seeds:
-                ck = run_dir(suite, e, seed) / results.CHECKPOINT
-                if not ck.exists():
-                    continue
-                state = results.load_checkpoint(ck)
-                if "F" not in state["rule"]:  # not a PEPITA run
-                    continue
-                top, cos = spectra(state["rule"])
-                cells = " / ".join(f"{t:.3g}" for t in top)
-                print(f"| {e.label} s{seed} | {state['epoch']} | {cells} | {cos:.3f} |", flush=True)
+        for e, seed, d in saved_runs(suite):
+            state = results.load_checkpoint(d / results.CHECKPOINT)
+            if "F" not in state["rule"]:  # not a PEPITA run
+                continue
+            top, cos = spectra(state["rule"])
+            cells = " / ".join(f"{t:.3g}" for t in top)
+            print(f"| {e.label} s{seed} | {state['epoch']} | {cells} | {cos:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

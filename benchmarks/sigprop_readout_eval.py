@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 
 from bioprop import results
-from bioprop.bench import load_suite, run_config, run_dir
+from bioprop.bench import load_suite, run_config, saved_runs
 from bioprop.errors import run_script
 from bioprop.rules import build_rule
 from bioprop.train import build, evaluate
@@ -53,16 +53,12 @@ def main() -> None:
     suite = load_suite(sys.argv[1])
     print("| run | seed | head | readout of hidden block 0, 1, ... |")
     print("|---|---:|---:|---|")
-    for entry in suite.entries:
-        for seed in entry.seeds:
-            d = run_dir(suite, entry, seed)
-            if not (d / results.CHECKPOINT).is_file():
-                continue
-            cfg = run_config(entry, seed)
-            cfg.progress = False
-            head, readouts = scores(cfg, d)
-            cells = " / ".join(f"{a:.2f}" for a in readouts) or "–"
-            print(f"| {entry.label} | {seed} | {head:.2f} | {cells} |", flush=True)
+    for entry, seed, d in saved_runs(suite):
+        cfg = run_config(entry, seed)
+        cfg.progress = False
+        head, readouts = scores(cfg, d)
+        cells = " / ".join(f"{a:.2f}" for a in readouts) or "–"
+        print(f"| {entry.label} | {seed} | {head:.2f} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from bioprop import results
-from bioprop.bench import load_suite, run_dir
+from bioprop.bench import load_suite, saved_runs
 from bioprop.errors import run_script
 from bioprop.plots import plot_runs
 
@@ -26,13 +26,11 @@ def epoch_rows(suite_paths: list[str]) -> dict[str, list[dict]]:
     runs = {}
     for path in suite_paths:
         suite = load_suite(path)
-        for e in suite.entries:
-            for seed in e.seeds:
-                ck = run_dir(suite, e, seed) / results.CHECKPOINT
-                name = f"{e.label} s{seed}"
-                if ck.exists() and name not in runs:  # the first suite that has it wins
-                    h = results.load_checkpoint(ck)["history"]
-                    runs[name] = [r for r in h if r["kind"] == "epoch"]
+        for e, seed, d in saved_runs(suite):
+            name = f"{e.label} s{seed}"
+            if name not in runs:  # the first suite that has it wins
+                h = results.load_checkpoint(d / results.CHECKPOINT)["history"]
+                runs[name] = [r for r in h if r["kind"] == "epoch"]
     return runs
 
 

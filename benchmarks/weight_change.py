@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from bioprop import results
-from bioprop.bench import load_suite, run_dir
+from bioprop.bench import load_suite, saved_runs
 from bioprop.config import TrainConfig, from_dict
 from bioprop.errors import run_script
 from bioprop.train import build
@@ -35,12 +35,9 @@ def changes(d) -> dict[str, float]:
 def main() -> None:
     suite = load_suite(sys.argv[1])
     print("| run | layer | ‖W_end − W_0‖ / ‖W_0‖ |\n|---|---|---:|")
-    for entry in suite.entries:
-        for seed in entry.seeds:
-            d = run_dir(suite, entry, seed)
-            if (d / results.CHECKPOINT).is_file():
-                for layer, r in changes(d).items():
-                    print(f"| {entry.label} s{seed} | {layer} | {r:.3f} |")
+    for entry, seed, d in saved_runs(suite):
+        for layer, r in changes(d).items():
+            print(f"| {entry.label} s{seed} | {layer} | {r:.3f} |")
 
 
 if __name__ == "__main__":

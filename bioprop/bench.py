@@ -36,6 +36,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,16 @@ def _yaml(v: Any) -> str:
 
 def run_dir(suite: Suite, entry: Entry, seed: int) -> Path:
     return suite.runs_dir / slug(entry.label) / f"s{seed}"
+
+
+def saved_runs(suite: Suite) -> Iterator[tuple[Entry, int, Path]]:
+    """(entry, seed, run folder) of every run of the suite whose folder holds a checkpoint,
+    finished or not: what the analysis scripts under benchmarks/ read."""
+    for entry in suite.entries:
+        for seed in entry.seeds:
+            d = run_dir(suite, entry, seed)
+            if (d / results.CHECKPOINT).is_file():
+                yield entry, seed, d
 
 
 def run_config(entry: Entry, seed: int) -> TrainConfig:

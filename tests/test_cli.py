@@ -199,6 +199,10 @@ def test_bench_seed_selects_seeds_and_rejects_unknown_ones(capsys, tmp_path) -> 
     assert run_cli(capsys, "bench", str(suite), "--seed", "2", "--seed", "0")[0] == 0
     assert sorted(p.name for p in (tmp_path / "runs" / "bp").iterdir()) == ["s0", "s2"]
     assert "| BP | 1 | 2/3 |" in (tmp_path / "d.md").read_text()
+    from bioprop.bench import load_suite, saved_runs
+
+    found = [(e.label, seed, d.name) for e, seed, d in saved_runs(load_suite(suite))]
+    assert found == [("BP", 0, "s0"), ("BP", 2, "s2")]  # seed 1 has no checkpoint
     code, _, err = run_cli(capsys, "bench", str(suite), "--seed", "7")
     assert code != 0 and "has no seed 7; seeds: [0, 1, 2]" in err
     code, _, err = run_cli(capsys, "bench", str(suite), "--only", "FA")

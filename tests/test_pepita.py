@@ -435,6 +435,7 @@ def test_bad_options_are_rejected() -> None:
         {"feedback": "cauchy"},
         {"mirror_every": 1},  # needs a factorised F
         {"mirror_every": 1, "feedback": "factorised", "sign": 1},
+        {"mirror_every": 1, "feedback": "factorised", "mirror_spectrum": "sorted"},
     ):
         with pytest.raises(BiopropError):
             build_rule("pepita", net, **opts)

@@ -56,6 +56,40 @@ def test_factorised_feedback_is_the_chain_product() -> None:
     assert abs(float(rule.F.std()) / rule.sigma_f - 1) < 1e-9
 
 
+def test_flat_mirror_spectrum_is_the_polar_factor_of_the_product() -> None:
+    """mirror_spectrum="flat": the factors take the same step as with "keep", and F becomes
+    c·P(PᵀP)^{-1/2} (P = B₁B₂B₃): all C singular values equal, std σ_F, same column space."""
+    _, keep = mirrored_rule([40, 30, 20, 5])
+    _, flat = mirrored_rule([40, 30, 20, 5], mirror_spectrum="flat")
+    for rule in (keep, flat):
+        torch.manual_seed(3)
+        rule.mirror(8)
+    for name in ("B1", "B2", "B3"):
+        torch.testing.assert_close(getattr(flat, name), getattr(keep, name))
+    p = (flat.B1 @ flat.B2) @ flat.B3
+    evals, evecs = torch.linalg.eigh(p.T @ p)
+    polar = p @ evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+    torch.testing.assert_close(flat.F, polar * (flat.sigma_f / polar.std()))
+    sv = torch.linalg.svdvals(flat.F)
+    assert float(sv.max() / sv.min()) < 1 + 1e-9
+    assert float(torch.linalg.svdvals(keep.F).max() / torch.linalg.svdvals(keep.F).min()) > 1.5
+
+
+def test_metrics_stable_rank_and_alignment_of_f() -> None:
+    """F_rank = ‖F‖²_F/‖F‖²₂: C for a flat spectrum, 1 for a rank-1 F; F_cos = 1 when
+    F = c·(W_L⋯W₁)ᵀ and −1 when F points the other way."""
+    net, rule = mirrored_rule([12, 8, 6, 4], mirror_spectrum="flat")
+    rule.mirror(4)
+    assert abs(rule.metrics()["pepita/F_rank"] - 4) < 1e-9
+    rule.F.copy_(
+        torch.outer(torch.randn(12, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    )
+    assert abs(rule.metrics()["pepita/F_rank"] - 1) < 1e-9
+    w1, w2, w3 = (b.op.weight.detach() for b in net.blocks)
+    rule.F.copy_(-0.3 * (w3 @ w2 @ w1).T)
+    assert abs(rule.metrics()["pepita/F_cos"] + 1) < 1e-9
+
+
 def test_mirroring_keeps_std_and_aligns_factors() -> None:
     """Fixed W, 200 steps (B = 64, η 0.1, λ 0.5): std(F) = σ_F after every step (rel. 1e-6), and
     the factors turn towards W_lᵀ (E[ξ relu(wᵀξ)] ∝ w by Stein's lemma) while a random control

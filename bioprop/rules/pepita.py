@@ -47,6 +47,7 @@ CONV_SCALES = {
     "sqrt_positions": lambda p: 1.0 / math.sqrt(p),
 }
 NORMALIZE = ("none", "sample", "batch")
+MIRROR_SPECTRA = ("keep", "flat")
 
 
 def outer(block: Block, post: Tensor, pre: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -107,6 +108,12 @@ class Pepita(Rule):
         (the weights get no ``.grad``). 0 and 0: no mirroring. The epoch comes from the
         loop through ``start_epoch``.
     mirror_lr, mirror_wd, mirror_noise: η_WM, λ_WM and the amplitude of the noise ξ.
+    mirror_spectrum: what a mirror step makes of F. ``keep`` (the follow-up): F = B₁⋯B_L.
+        ``flat`` (our design, not in the papers): F = c·U Vᵀ, the product's singular vectors
+        with all C singular values equal, so F keeps the product's directions but not its
+        spectrum. Why: mirroring every epoch let F collapse to rank 1 in our 3-hidden-layer
+        CIFAR-10 runs (stable rank 1.00, test accuracy at chance; docs/pepita-results.md).
+        The factors B_l still track W_lᵀ; with ``flat`` F is no longer their product.
     """
 
     demo: ClassVar[dict[str, Any] | None] = {}
@@ -126,6 +133,7 @@ class Pepita(Rule):
         mirror_lr: float = 0.1,
         mirror_wd: float = 0.5,
         mirror_noise: float = 0.1,
+        mirror_spectrum: str = "keep",
     ) -> None:
         super().__init__(model)
         choices = [
@@ -134,6 +142,7 @@ class Pepita(Rule):
             ("error", error, ("first", "modulated")),
             ("normalize", normalize, NORMALIZE),
             ("conv_scale", conv_scale, tuple(CONV_SCALES)),
+            ("mirror_spectrum", mirror_spectrum, MIRROR_SPECTRA),
         ]
         for name, value, allowed in choices:
             if value not in allowed:
@@ -148,6 +157,7 @@ class Pepita(Rule):
         self.conv_scale, self.quirk = conv_scale, official_conv_quirk
         self.mirror_every, self.mirror_pre_epochs = mirror_every, mirror_pre_epochs
         self.mirror_lr, self.mirror_wd, self.mirror_noise = mirror_lr, mirror_wd, mirror_noise
+        self.mirror_spectrum = mirror_spectrum
         self.epoch = 0  # 0-based, set by ``start_epoch``; only the mirroring schedule reads it
         self._init_feedback(feedback, feedback_scale)
 
@@ -203,6 +213,22 @@ class Pepita(Rule):
         for wl in reversed(w[1:-1]):
             path = path @ wl
         return [FeedbackPair("W1F", path, (-self.sign * w[0] @ self.F).T)]
+
+    def metrics(self) -> dict[str, float]:
+        """``pepita/F_rank``: stable rank ‖F‖²_F/‖F‖²₂ of F (C when all singular values are
+        equal, 1 when F has collapsed to one direction); for a fully connected net also
+        ``pepita/F_cos``: cos(F, (W_L⋯W₁)ᵀ), the alignment weight mirroring aims at."""
+        sv = torch.linalg.svdvals(self.F.double())
+        out = {"pepita/F_rank": float((sv**2).sum() / sv[0] ** 2)}
+        if all(isinstance(b.op, nn.Linear) for b in self.blocks):
+            w = [b.op.weight.detach() for b in self.blocks]
+            path = w[-1]  # multiplied from the narrow (C-row) end
+            for wl in reversed(w[:-1]):
+                path = path @ wl
+            out["pepita/F_cos"] = float(
+                nnf.cosine_similarity(path.T.flatten(), self.F.flatten(), 0)
+            )
+        return out
 
     # -- passes -----------------------------------------------------------------------------
 
@@ -311,6 +337,7 @@ class Pepita(Rule):
 
         B_l ← (1 − η λ) B_l + η ξᵀu / B with ξ = noise (mean removed), u = the block's response
         to ξ (fresh dropout mask; softmax on the output): a separate SGD without momentum.
+        With ``mirror_spectrum="flat"`` F is then the polar factor of B₁⋯B_L, at std σ_F.
         """
         for block, name in zip(self.blocks, self.factors):
             w = block.op.weight
@@ -331,6 +358,11 @@ class Pepita(Rule):
         gain = ratio ** (1.0 / len(self.factors))
         for name in self.factors:
             getattr(self, name).mul_(gain)
+        if self.mirror_spectrum == "flat":
+            u, _, vh = torch.linalg.svd(product, full_matrices=False)
+            flat = u @ vh
+            self.F.copy_(flat.mul_(self.sigma_f / flat.std()))
+            return
         # F is linear in each factor, so scaling all L factors by gain scales F by gain^L = ratio
         self.F.copy_(product.mul_(ratio))
 

@@ -78,6 +78,12 @@ def conv_padding(op: nn.Conv2d) -> tuple[int, int]:
     return tuple(op.padding)
 
 
+def stable_rank(m: Tensor) -> float:
+    """‖m‖²_F / ‖m‖²₂: the number of directions that carry m's energy (1 for rank one)."""
+    sv = torch.linalg.svdvals(m.double())
+    return float((sv**2).sum() / sv[0] ** 2)
+
+
 def normalized(h: Tensor, kind: str) -> Tensor:
     """h / ‖h‖: per sample (L2 over all but the batch dimension) or over the whole batch."""
     if kind == "none":
@@ -218,8 +224,7 @@ class Pepita(Rule):
         """``pepita/F_rank``: stable rank ‖F‖²_F/‖F‖²₂ of F (C when all singular values are
         equal, 1 when F has collapsed to one direction); for a fully connected net also
         ``pepita/F_cos``: cos(F, (W_L⋯W₁)ᵀ), the alignment weight mirroring aims at."""
-        sv = torch.linalg.svdvals(self.F.double())
-        out = {"pepita/F_rank": float((sv**2).sum() / sv[0] ** 2)}
+        out = {"pepita/F_rank": stable_rank(self.F)}
         if all(isinstance(b.op, nn.Linear) for b in self.blocks):
             w = [b.op.weight.detach() for b in self.blocks]
             path = w[-1]  # multiplied from the narrow (C-row) end

@@ -19,7 +19,7 @@ import torch
 from bioprop import results
 from bioprop.bench import load_suite, saved_runs
 from bioprop.errors import run_script
-from bioprop.rules.pepita import stable_rank
+from bioprop.rules.pepita import chain, stable_rank
 
 
 def spectra(state: dict) -> tuple[list[float], float, float, float]:
@@ -27,13 +27,10 @@ def spectra(state: dict) -> tuple[list[float], float, float, float]:
     ranks of F and of W_{L−1}⋯W₁ (the hidden layers' product)."""
     # Block index order (a plain sort would put block 10 before block 2).
     keys = [k for k in state if k.startswith("model.blocks.") and k.endswith(".op.weight")]
-    ws = [state[k] for k in sorted(keys, key=lambda k: int(k.split(".")[2]))]
-    top = [torch.linalg.matrix_norm(w.double(), ord=2).item() for w in ws]
-    prod = ws[0].double().T
-    for w in ws[1:-1]:
-        prod = prod @ w.double().T
-    hidden = stable_rank(prod)
-    prod = prod @ ws[-1].double().T
+    ws = [state[k].double() for k in sorted(keys, key=lambda k: int(k.split(".")[2]))]
+    top = [torch.linalg.matrix_norm(w, ord=2).item() for w in ws]
+    prod = chain(ws).T
+    hidden = stable_rank(chain(ws[:-1]))
     cos = torch.nn.functional.cosine_similarity(
         state["F"].double().flatten(), prod.flatten(), dim=0
     )

@@ -84,6 +84,14 @@ def stable_rank(m: Tensor) -> float:
     return float((sv**2).sum() / sv[0] ** 2)
 
 
+def chain(ws: list[Tensor]) -> Tensor:
+    """W_n⋯W₁ for ws = [W₁, …, W_n], multiplied from W_n, the narrow (C-row) end."""
+    out = ws[-1]
+    for w in reversed(ws[:-1]):
+        out = out @ w
+    return out
+
+
 def normalized(h: Tensor, kind: str) -> Tensor:
     """h / ‖h‖: per sample (L2 over all but the batch dimension) or over the whole batch."""
     if kind == "none":
@@ -215,10 +223,7 @@ class Pepita(Rule):
         if len(self.blocks) < 2 or not all(isinstance(b.op, nn.Linear) for b in self.blocks):
             return []
         w = [b.op.weight.detach() for b in self.blocks]
-        path = w[-1]
-        for wl in reversed(w[1:-1]):
-            path = path @ wl
-        return [FeedbackPair("W1F", path, (-self.sign * w[0] @ self.F).T)]
+        return [FeedbackPair("W1F", chain(w[1:]), (-self.sign * w[0] @ self.F).T)]
 
     def metrics(self) -> dict[str, float]:
         """``pepita/F_rank``: stable rank ‖F‖²_F/‖F‖²₂ of F (C when all singular values are
@@ -226,10 +231,7 @@ class Pepita(Rule):
         ``pepita/F_cos``: cos(F, (W_L⋯W₁)ᵀ), the alignment weight mirroring aims at."""
         out = {"pepita/F_rank": stable_rank(self.F)}
         if all(isinstance(b.op, nn.Linear) for b in self.blocks):
-            w = [b.op.weight.detach() for b in self.blocks]
-            path = w[-1]  # multiplied from the narrow (C-row) end
-            for wl in reversed(w[:-1]):
-                path = path @ wl
+            path = chain([b.op.weight.detach() for b in self.blocks])
             out["pepita/F_cos"] = float(
                 nnf.cosine_similarity(path.T.flatten(), self.F.flatten(), 0)
             )

@@ -125,9 +125,10 @@ class Pepita(Rule):
     mirror_spectrum: what a mirror step makes of F. ``keep`` (the follow-up): F = B₁⋯B_L.
         ``flat`` (our design, not in the papers): F = c·U Vᵀ, the product's singular vectors
         with all C singular values equal, so F keeps the product's directions but not its
-        spectrum. Why: mirroring every epoch let F collapse to rank 1 in our 3-hidden-layer
-        CIFAR-10 runs (stable rank 1.00, test accuracy at chance; docs/pepita-results.md).
-        The factors B_l still track W_lᵀ; with ``flat`` F is no longer their product.
+        spectrum. Tried because mirroring every epoch ended with F of rank 1 in our failing
+        3-hidden-layer CIFAR-10 runs; on the digits it did not prevent the failure, which
+        comes with the close alignment, not the rank (docs/pepita-results.md). The factors
+        B_l still track W_lᵀ; with ``flat`` F is no longer their product.
     """
 
     demo: ClassVar[dict[str, Any] | None] = {}

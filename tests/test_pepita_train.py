@@ -86,7 +86,9 @@ def test_metrics_stable_rank_and_alignment_of_f() -> None:
     )
     assert abs(rule.metrics()["pepita/F_rank"] - 1) < 1e-9
     w1, w2, w3 = (b.op.weight.detach() for b in net.blocks)
-    rule.F.copy_(-0.3 * (w3 @ w2 @ w1).T)
+    rule.F.copy_(0.3 * (w3 @ w2 @ w1).T)
+    assert abs(rule.metrics()["pepita/F_cos"] - 1) < 1e-9
+    rule.F.neg_()
     assert abs(rule.metrics()["pepita/F_cos"] + 1) < 1e-9
 
 

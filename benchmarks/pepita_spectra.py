@@ -19,7 +19,7 @@ import torch
 from bioprop import results
 from bioprop.bench import load_suite, saved_runs
 from bioprop.errors import run_script
-from bioprop.rules.pepita import chain, stable_rank
+from bioprop.rules.pepita import chain, feedback_stats, stable_rank
 
 
 def spectra(state: dict) -> tuple[list[float], float, float, float]:
@@ -29,12 +29,9 @@ def spectra(state: dict) -> tuple[list[float], float, float, float]:
     keys = [k for k in state if k.startswith("model.blocks.") and k.endswith(".op.weight")]
     ws = [state[k].double() for k in sorted(keys, key=lambda k: int(k.split(".")[2]))]
     top = [torch.linalg.matrix_norm(w, ord=2).item() for w in ws]
-    prod = chain(ws).T
+    stats = feedback_stats(state["F"].double(), ws)
     hidden = stable_rank(chain(ws[:-1]))
-    cos = torch.nn.functional.cosine_similarity(
-        state["F"].double().flatten(), prod.flatten(), dim=0
-    )
-    return top, cos.item(), stable_rank(state["F"]), hidden
+    return top, stats["pepita/F_cos"], stats["pepita/F_rank"], hidden
 
 
 def main() -> None:

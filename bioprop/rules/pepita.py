@@ -92,6 +92,17 @@ def chain(ws: list[Tensor]) -> Tensor:
     return out
 
 
+def feedback_stats(f: Tensor, ws: list[Tensor] | None) -> dict[str, float]:
+    """``pepita/F_rank``: stable rank of F (C when all singular values are equal, 1 when F has
+    collapsed to one direction); with the weights of a fully connected net also
+    ``pepita/F_cos``: cos(F, (W_L⋯W₁)ᵀ), the alignment weight mirroring aims at."""
+    out = {"pepita/F_rank": stable_rank(f)}
+    if ws is not None:
+        path = chain(ws)
+        out["pepita/F_cos"] = float(nnf.cosine_similarity(path.T.flatten(), f.flatten(), 0))
+    return out
+
+
 def normalized(h: Tensor, kind: str) -> Tensor:
     """h / ‖h‖: per sample (L2 over all but the batch dimension) or over the whole batch."""
     if kind == "none":
@@ -227,16 +238,10 @@ class Pepita(Rule):
         return [FeedbackPair("W1F", chain(w[1:]), (-self.sign * w[0] @ self.F).T)]
 
     def metrics(self) -> dict[str, float]:
-        """``pepita/F_rank``: stable rank ‖F‖²_F/‖F‖²₂ of F (C when all singular values are
-        equal, 1 when F has collapsed to one direction); for a fully connected net also
-        ``pepita/F_cos``: cos(F, (W_L⋯W₁)ᵀ), the alignment weight mirroring aims at."""
-        out = {"pepita/F_rank": stable_rank(self.F)}
-        if all(isinstance(b.op, nn.Linear) for b in self.blocks):
-            path = chain([b.op.weight.detach() for b in self.blocks])
-            out["pepita/F_cos"] = float(
-                nnf.cosine_similarity(path.T.flatten(), self.F.flatten(), 0)
-            )
-        return out
+        """F's stable rank and, for a fully connected net, its alignment (``feedback_stats``)."""
+        linear = all(isinstance(b.op, nn.Linear) for b in self.blocks)
+        ws = [b.op.weight.detach() for b in self.blocks] if linear else None
+        return feedback_stats(self.F, ws)
 
     # -- passes -----------------------------------------------------------------------------
 

@@ -115,6 +115,12 @@ def test_conv_logits_and_spatial_modes():
     got = local_loss(h, t, m, "per_position")
     assert torch.allclose(got, want.mean(), atol=1e-6)
     assert not torch.allclose(got, local_loss(h, t, m, "mean"), atol=1e-3)
+    # logit_scale is an inverse temperature: scaling the logits equals scaling h (Y is linear
+    # in h), in both spatial modes; scale 1 is the code's loss.
+    for spatial in ("mean", "per_position"):
+        got = local_loss(h, t, m, spatial, scale=3.0)
+        assert torch.allclose(got, local_loss(3.0 * h, t, m, spatial), atol=1e-6)
+        assert not torch.allclose(got, local_loss(h, t, m, spatial), atol=1e-3)
 
 
 def _pos(h, t):
@@ -223,12 +229,13 @@ def test_no_label_leak_and_eval_is_inert(predict):
         rule.step(x, None)
 
 
-@pytest.mark.parametrize("layer", [0, 1, 2])
-def test_readout_logits_are_the_direct_local_logits(layer):
+@pytest.mark.parametrize(("layer", "scale"), [(0, 1.0), (1, 1.0), (2, 1.0), (1, 4.0)])
+def test_readout_logits_are_the_direct_local_logits(layer, scale):
     """In input-label mode the training forward of block ℓ scores h_ℓ against the class
     prototypes t_ℓ(I_C): its local loss (pre-step weights) must equal the cross-entropy of the
-    readout logits on the same batch (LN nets, no dropout, so eval and train forwards agree)."""
-    rule = _mlp_rule(loss="direct", predict="readout", readout_layer=layer)
+    readout logits on the same batch (LN nets, no dropout, so eval and train forwards agree),
+    with the same logit_scale on both."""
+    rule = _mlp_rule(loss="direct", predict="readout", readout_layer=layer, logit_scale=scale)
     x, y = _batch()
     want = F.cross_entropy(rule.readout_logits(x, layer), y)
     rule.step(x, y)

@@ -117,14 +117,17 @@ def _ce(y_logits: Tensor, target: Tensor) -> Tensor:
     return soft_ce(y_logits, target)
 
 
-def local_loss(h: Tensor, t: Tensor, target: Tensor, spatial: str = "mean") -> Tensor:
+def local_loss(
+    h: Tensor, t: Tensor, target: Tensor, spatial: str = "mean", scale: float = 1.0
+) -> Tensor:
     """The local loss of one layer. ``spatial="mean"`` (the code) averages the logits over
     positions before one CE; ``"per_position"`` is the mean over positions of the FC loss on
-    (h[:, :, p], t[:, :, p]) with the same target."""
+    (h[:, :, p], t[:, :, p]) with the same target. ``scale`` multiplies the logits before the
+    softmax (an inverse temperature; 1 in the code)."""
     if spatial == "mean" or h.dim() == 2:
-        return _ce(local_logits(h, t), target)
+        return _ce(scale * local_logits(h, t), target)
     p = _positions(h)
-    yp = torch.einsum("bkp,nkp->pbn", h.flatten(2), t.flatten(2)).flatten(0, 1)
+    yp = scale * torch.einsum("bkp,nkp->pbn", h.flatten(2), t.flatten(2)).flatten(0, 1)
     rep = target.repeat(p) if target.dim() == 1 else target.repeat(p, 1)
     return _ce(yp, rep)
 
@@ -174,6 +177,11 @@ class SigProp(Rule):
         in a batch). tie_break: "random" or "first" (parity with the code) for "max_rand".
     spatial: "mean" (logits averaged over positions) or "per_position" (mean of per-position
         losses). seed: seeds the per-(block, step) generators of dropout and tie-breaking.
+    logit_scale: multiplies every local loss's logits Y before the softmax (an inverse
+        temperature; our addition, the code has none: 1). Instance/layer norm fixes the size of
+        h and t, so raw dot products spread little in narrow layers and the softmax over the
+        batch stays close to uniform; a larger scale sharpens it. The readout's argmax, the
+        targets S and the head do not depend on it.
     """
 
     demo: ClassVar[dict[str, Any] | None] = {
@@ -192,6 +200,7 @@ class SigProp(Rule):
         seed: int = 0,
         predict: str = "head",
         readout_layer: int = -1,
+        logit_scale: float = 1.0,
     ) -> None:
         for name, value, allowed in (
             ("loss", loss, LOSSES),
@@ -203,6 +212,8 @@ class SigProp(Rule):
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         if not isinstance(model, Net) or len(model.blocks) < 2:
             raise ValueError("sigprop needs a Net with at least a signal block and a head")
         super().__init__(model)
@@ -217,6 +228,7 @@ class SigProp(Rule):
         if not -hidden <= readout_layer < hidden:
             raise ValueError(f"readout_layer must index one of the {hidden} hidden blocks")
         self.predict_mode, self.readout_layer = predict, readout_layer % hidden
+        self.logit_scale = float(logit_scale)
         self.num_classes = model.blocks[-1].op.out_features
         if not isinstance(getattr(model, "signal", None), TargetEmbedding):
             model.signal = TargetEmbedding(self.num_classes, _signal_shape(model))
@@ -270,7 +282,7 @@ class SigProp(Rule):
                 t = self.model.signal(t_in) if i == 0 else block_activation(block, t_in)
                 s = None if self.loss == "direct" else similarity(t_in)
                 target = make_target(self.loss, y, s, self.k, self.tie_break)
-                loss = local_loss(h, t, target, self.spatial)
+                loss = local_loss(h, t, target, self.spatial, self.logit_scale)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             if i < self.num_layers - 1:
                 with torch.no_grad():
@@ -294,14 +306,15 @@ class SigProp(Rule):
     @torch.no_grad()
     def readout_logits(self, x: Tensor, layer: int) -> Tensor:
         """Y(h_ℓ, t_ℓ(I_C)) [B, C]: block ``layer``'s local logits of x against the C class
-        prototypes of the target stream (input-label context I_C in every loss mode)."""
+        prototypes of the target stream (input-label context I_C in every loss mode), times
+        ``logit_scale`` as in the loss."""
         h, t = x, self.model.signal(torch.eye(self.num_classes, device=x.device))
         for i, block in enumerate(self.model.blocks[: layer + 1]):
             h = block_activation(block, h)
             t = t if i == 0 else block_activation(block, t)
             if i < layer:
                 h, t = block_tail(block, h), block_tail(block, t)
-        return local_logits(h, t)
+        return self.logit_scale * local_logits(h, t)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/sigprop_readout_eval.py SUITE.yaml
+    python benchmarks/sigprop_readout_eval.py SUITE.yaml [--refit-head]
 
 For each SigProp run (and for reference each BP run) of the suite, the run is rebuilt with the
 library (``train.build``, same config and data), its checkpoint (last epoch) is loaded, and the
@@ -10,27 +10,72 @@ test split is scored with the head and with the label-free readout of every hidd
 (``rule.args.predict: readout``, ``readout_layer`` ℓ: block ℓ's local logits against the C
 class prototypes of the target stream, spec §5). Nothing is trained and no weight changes.
 Why: if a block's readout beats the head, the head (a linear layer trained on features that
-keep moving) is what trails BP there, not the features. Runs with a held-out split
+keep moving) is what trails BP there, not the features. ``--refit-head`` adds one more score: a
+fresh copy of the head trained, from its init, on the *frozen* final features of the training
+split (Adam 1e-3, batch 128, 5 epochs, seed 0); if it reaches the readouts while the trained
+head does not, the head lagged features that kept moving. Runs with a held-out split
 (``data.val_size``) are scored on it too, in a second table: choose a readout block there, not
 on the test split. Needs the run folders; data from ``BIOPROP_DATA``. Prints markdown tables.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
+
+import torch
+import torch.nn.functional as F
 
 from bioprop import results
 from bioprop.bench import load_suite, run_config, saved_runs
+from bioprop.data.base import Split, batches
 from bioprop.errors import run_script
 from bioprop.rules import build_rule
 from bioprop.train import build, evaluate
 
+REFIT = {"lr": 1e-3, "batch": 128, "epochs": 5, "seed": 0}
+
 Scores = dict[str, tuple[float, list[float]]]
 
 
-def scores(cfg, d) -> Scores:
+@torch.no_grad()
+def features(model, split: Split, batch_size: int) -> Split:
+    """The head's input (every block but the last, eval mode) for a whole split."""
+    model.eval()
+    parts = [x for x, _ in batches(split, batch_size, shuffle=False)]
+    for block in model.blocks[:-1]:
+        parts = [block(x) for x in parts]
+    return Split(torch.cat(parts), split.y)
+
+
+def refit_head(s, cfg) -> dict[str, float]:
+    """Accuracy (%) per split of a fresh head trained on frozen training-split features."""
+    model, bs = s.rule.model, cfg.data.eval_batch_size
+    torch.manual_seed(REFIT["seed"])
+    head = copy.deepcopy(model.blocks[-1])
+    for m in head.modules():  # back to a fresh init: the trained head is not the start
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    train = features(model, s.data.train, bs)
+    opt = torch.optim.Adam(head.parameters(), lr=REFIT["lr"])
+    g = torch.Generator().manual_seed(REFIT["seed"])
+    for _ in range(REFIT["epochs"]):
+        for x, y in batches(train, REFIT["batch"], shuffle=True, generator=g):
+            opt.zero_grad()
+            F.cross_entropy(head(x), y).backward()
+            opt.step()
+    out = {}
+    with torch.no_grad():
+        for name, split in (("test", s.data.test), ("val", s.data.val)):
+            if split is not None:
+                f = features(model, split, bs)
+                out[name] = 100 * float((head(f.x).argmax(1) == f.y).float().mean())
+    return out
+
+
+def scores(cfg, d, refit: bool = False) -> Scores:
     """Per split (test, and val if held out): accuracy (%) with the head, and with the readout
-    of every hidden block (SigProp).
+    of every hidden block (SigProp); with ``refit``, the refitted head's last.
 
     The run is built once (data, model, rule) and its checkpoint read once; each readout is
     a second rule object on the same model, with the same state loaded."""
@@ -52,24 +97,31 @@ def scores(cfg, d) -> Scores:
                 100 * evaluate(r, split, cfg.data.eval_batch_size, s.device)["acc"] for r in rules
             ]
             out[name] = (accs[0], accs[1:])
+    if refit:
+        for name, acc in refit_head(s, cfg).items():
+            out[name][1].append(acc)
     return out
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit("usage: python benchmarks/sigprop_readout_eval.py SUITE.yaml")
-    suite = load_suite(sys.argv[1])
+    args = sys.argv[1:]
+    refit = "--refit-head" in args
+    args = [a for a in args if a != "--refit-head"]
+    if len(args) != 1:
+        sys.exit("usage: python benchmarks/sigprop_readout_eval.py SUITE.yaml [--refit-head]")
+    suite = load_suite(args[0])
     rows: dict[str, list[str]] = {"test": [], "val": []}
     for entry, seed, d in saved_runs(suite):
         cfg = run_config(entry, seed)
         cfg.progress = False
-        for split, (head, readouts) in scores(cfg, d).items():
+        for split, (head, readouts) in scores(cfg, d, refit).items():
             cells = " / ".join(f"{a:.2f}" for a in readouts) or "–"
             rows[split].append(f"| {entry.label} | {seed} | {head:.2f} | {cells} |")
     for split, lines in rows.items():
         if lines:
             print(f"\n{split} accuracy (%)\n")
-            print("| run | seed | head | readout of hidden block 0, 1, ... |")
+            extra = " (last: refitted head)" if refit else ""
+            print(f"| run | seed | head | readout of hidden block 0, 1, ...{extra} |")
             print("|---|---:|---:|---|")
             print("\n".join(lines), flush=True)
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/sigprop_readout_eval.py SUITE.yaml [--refit-head]
+    python benchmarks/sigprop_readout_eval.py SUITE.yaml [--refit-head] [--only LABEL ...]
 
 For each SigProp run (and for reference each BP run) of the suite, the run is rebuilt with the
 library (``train.build``, same config and data), its checkpoint (last epoch) is loaded, and the
@@ -20,8 +20,8 @@ on the test split. Needs the run folders; data from ``BIOPROP_DATA``. Prints mar
 
 from __future__ import annotations
 
+import argparse
 import copy
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -104,14 +104,18 @@ def scores(cfg, d, refit: bool = False) -> Scores:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    refit = "--refit-head" in args
-    args = [a for a in args if a != "--refit-head"]
-    if len(args) != 1:
-        sys.exit("usage: python benchmarks/sigprop_readout_eval.py SUITE.yaml [--refit-head]")
-    suite = load_suite(args[0])
+    p = argparse.ArgumentParser(description="Score a SigProp suite's runs: head and readouts.")
+    p.add_argument("suite", metavar="SUITE.yaml")
+    p.add_argument(
+        "--refit-head", action="store_true", help="add a head refitted on frozen features"
+    )
+    p.add_argument("--only", action="append", metavar="LABEL", help="score only these entries")
+    a = p.parse_args()
+    suite, refit = load_suite(a.suite), a.refit_head
     rows: dict[str, list[str]] = {"test": [], "val": []}
     for entry, seed, d in saved_runs(suite):
+        if a.only and entry.label not in a.only:
+            continue
         cfg = run_config(entry, seed)
         cfg.progress = False
         for split, (head, readouts) in scores(cfg, d, refit).items():

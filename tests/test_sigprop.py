@@ -306,6 +306,8 @@ def test_bad_options_rejected():
         {"predict": "knn"},
         {"readout_layer": 3},
         {"readout_layer": -4},
+        {"logit_scale": 0.0},
+        {"logit_scale": -1.0},
     ):
         with pytest.raises(BiopropError, match="must"):
             _mlp_rule(**bad)

@@ -42,9 +42,11 @@ Scores = dict[str, tuple[float, list[float]]]
 def features(model, split: Split, batch_size: int) -> Split:
     """The head's input (every block but the last, eval mode) for a whole split."""
     model.eval()
-    parts = [x for x, _ in batches(split, batch_size, shuffle=False)]
-    for block in model.blocks[:-1]:
-        parts = [block(x) for x in parts]
+    parts = []  # batch by batch, so that only the final features of the whole split are kept
+    for x, _ in batches(split, batch_size, shuffle=False):
+        for block in model.blocks[:-1]:
+            x = block(x)
+        parts.append(x)
     return Split(torch.cat(parts), split.y)
 
 
@@ -110,11 +112,11 @@ def main() -> None:
         "--refit-head", action="store_true", help="add a head refitted on frozen features"
     )
     p.add_argument("--only", action="append", metavar="LABEL", help="score only these entries")
-    a = p.parse_args()
-    suite, refit = load_suite(a.suite), a.refit_head
+    args = p.parse_args()
+    suite, refit = load_suite(args.suite), args.refit_head
     rows: dict[str, list[str]] = {"test": [], "val": []}
     for entry, seed, d in saved_runs(suite):
-        if a.only and entry.label not in a.only:
+        if args.only and entry.label not in args.only:
             continue
         cfg = run_config(entry, seed)
         cfg.progress = False

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/sigprop_readout_eval.py SUITE.yaml [--refit-head] [--only LABEL ...]
+        [--seed N ...]
 
 For each SigProp run (and for reference each BP run) of the suite, the run is rebuilt with the
 library (``train.build``, same config and data), its checkpoint (last epoch) is loaded, and the
@@ -112,11 +113,12 @@ def main() -> None:
         "--refit-head", action="store_true", help="add a head refitted on frozen features"
     )
     p.add_argument("--only", action="append", metavar="LABEL", help="score only these entries")
+    p.add_argument("--seed", action="append", type=int, help="score only these seeds")
     args = p.parse_args()
     suite, refit = load_suite(args.suite), args.refit_head
     rows: dict[str, list[str]] = {"test": [], "val": []}
     for entry, seed, d in saved_runs(suite):
-        if args.only and entry.label not in args.only:
+        if (args.only and entry.label not in args.only) or (args.seed and seed not in args.seed):
             continue
         cfg = run_config(entry, seed)
         cfg.progress = False

@@ -117,9 +117,7 @@ def main() -> None:
     args = p.parse_args()
     suite, refit = load_suite(args.suite), args.refit_head
     rows: dict[str, list[str]] = {"test": [], "val": []}
-    for entry, seed, d in saved_runs(suite):
-        if (args.only and entry.label not in args.only) or (args.seed and seed not in args.seed):
-            continue
+    for entry, seed, d in saved_runs(suite, args.only, args.seed):
         cfg = run_config(entry, seed)
         cfg.progress = False
         for split, (head, readouts) in scores(cfg, d, refit).items():

@@ -138,14 +138,29 @@ def run_dir(suite: Suite, entry: Entry, seed: int) -> Path:
     return suite.runs_dir / slug(entry.label) / f"s{seed}"
 
 
-def saved_runs(suite: Suite) -> Iterator[tuple[Entry, int, Path]]:
-    """(entry, seed, run folder) of every run of the suite whose folder holds a checkpoint,
-    finished or not: what the analysis scripts under benchmarks/ read."""
+def selected(
+    suite: Suite, only: list[str] | None = None, seeds: list[int] | None = None
+) -> Iterator[tuple[Entry, int]]:
+    """(entry, seed) of every run of the suite, in suite order, restricted to the entries labelled
+    in ``only`` and the seeds in ``seeds`` when given; an unknown label or seed is an error."""
+    _check_selection(suite, only, seeds)
     for entry in suite.entries:
+        if only and entry.label not in only:
+            continue
         for seed in entry.seeds:
-            d = run_dir(suite, entry, seed)
-            if (d / results.CHECKPOINT).is_file():
-                yield entry, seed, d
+            if not seeds or seed in seeds:
+                yield entry, seed
+
+
+def saved_runs(
+    suite: Suite, only: list[str] | None = None, seeds: list[int] | None = None
+) -> Iterator[tuple[Entry, int, Path]]:
+    """(entry, seed, run folder) of every selected run (see ``selected``) whose folder holds a
+    checkpoint, finished or not: what the analysis scripts under benchmarks/ read."""
+    for entry, seed in selected(suite, only, seeds):
+        d = run_dir(suite, entry, seed)
+        if (d / results.CHECKPOINT).is_file():
+            yield entry, seed, d
 
 
 def run_config(entry: Entry, seed: int) -> TrainConfig:
@@ -239,26 +254,20 @@ def run_suite(
     """
     from bioprop.train import train
 
-    _check_selection(suite, only, seeds)
-    for entry in suite.entries:
-        if only and entry.label not in only:
+    for entry, seed in selected(suite, only, seeds):
+        cfg, d = run_config(entry, seed), run_dir(suite, entry, seed)
+        cfg.progress, cfg.out = progress, str(d)
+        if status(suite, entry, seed) != "todo":
             continue
-        for seed in entry.seeds:
-            if seeds and seed not in seeds:
-                continue
-            cfg, d = run_config(entry, seed), run_dir(suite, entry, seed)
-            cfg.progress, cfg.out = progress, str(d)
-            if status(suite, entry, seed) != "todo":
-                continue
-            print(f"[bench {suite.name}] {entry.label} seed {seed} -> {d}", file=sys.stderr)
-            if dry_run:
-                continue
-            try:
-                train(cfg, resume_run=True, data_dir=data_dir)
-            except Diverged as err:  # a diverged run is a result; the suite goes on
-                print(f"[bench {suite.name}] {entry.label} seed {seed} diverged: {err}",
-                      file=sys.stderr)  # fmt: skip
-            write_record(suite, entry, seed)
+        print(f"[bench {suite.name}] {entry.label} seed {seed} -> {d}", file=sys.stderr)
+        if dry_run:
+            continue
+        try:
+            train(cfg, resume_run=True, data_dir=data_dir)
+        except Diverged as err:  # a diverged run is a result; the suite goes on
+            print(f"[bench {suite.name}] {entry.label} seed {seed} diverged: {err}",
+                  file=sys.stderr)  # fmt: skip
+        write_record(suite, entry, seed)
 
 
 def _check_selection(suite: Suite, only: list[str] | None, seeds: list[int] | None) -> None:

@@ -203,6 +203,11 @@ def test_bench_seed_selects_seeds_and_rejects_unknown_ones(capsys, tmp_path) -> 
 
     found = [(e.label, seed, d.name) for e, seed, d in saved_runs(load_suite(suite))]
     assert found == [("BP", 0, "s0"), ("BP", 2, "s2")]  # seed 1 has no checkpoint
+    assert [seed for _, seed, _ in saved_runs(load_suite(suite), ["BP"], [2, 1])] == [2]
+    from bioprop.errors import BiopropError
+
+    with pytest.raises(BiopropError, match="has no seed 7"):
+        list(saved_runs(load_suite(suite), seeds=[7]))
     code, _, err = run_cli(capsys, "bench", str(suite), "--seed", "7")
     assert code != 0 and "has no seed 7; seeds: [0, 1, 2]" in err
     code, _, err = run_cli(capsys, "bench", str(suite), "--only", "FA")

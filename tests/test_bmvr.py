@@ -184,8 +184,8 @@ def test_q_ascends_when_constraint_is_violated(problem):
     assert float(rule.Q.norm()) > before * 1.04
 
 
-def gda(problem, s: float, eta: float, steps: int, seed: int) -> BMVR:
-    rule = make_rule(seed=seed, eta_q=eta / 0.5, s=s, check_every=10**9)
+def gda(problem, s: float, eta: float, steps: int, seed: int, ridge: float = 0.0) -> BMVR:
+    rule = make_rule(seed=seed, eta_q=eta / 0.5, s=s, check_every=10**9, ridge=ridge)
     whiten(rule, problem["cxx"])
     x, y = exact_rows(problem["cxx"], problem["cxy"], problem["cyy"])
     sgd_steps(rule, x, y, lr=eta, steps=steps)
@@ -212,6 +212,28 @@ def test_batch_gda_with_exact_covariances_reaches_offline_optimum(problem, seed)
     y = torch.randn(5, N, generator=gen, dtype=torch.float64)
     _, _, p = rule.currents(rule.hidden(x)[0], y)
     assert float((p - (y - x @ torch.linalg.solve(cxx, cxy)) @ vy).abs().max()) < 1e-6
+
+
+def test_ridge_gda_reaches_the_ridge_optimum(problem):
+    """With ``ridge`` = λ the saddle is the rank-k optimum of Cxx + λI (spec §9's optional
+    terms): subspace, constraint Vxᵀ(Cxx + λI)Vx = I, map, and eig(QQᵀ) = the ridge σ²; the
+    plain optimum is not (λ large enough to move it)."""
+    cxx, cxy, cyy = problem["cxx"], problem["cxy"], problem["cyy"]
+    lam = 0.3
+    cr = cxx + lam * torch.eye(M, dtype=cxx.dtype)
+    sol = linalg.solve_rrr(cr, cxy, cyy, K)
+    rule = gda(problem, 0.0, 0.05, 3000, 0, ridge=lam)
+    vx, vy = rule.w1.T.detach(), rule.w2.detach()
+    assert linalg.subspace_distance(vx, sol.vx) < 1e-12
+    assert linalg.constraint_error(vx, cr) < 1e-8
+    b_ridge = sol.vy @ sol.vx.T
+    assert float(torch.linalg.matrix_norm(vy @ vx.T - b_ridge) / b_ridge.norm()) < 1e-8
+    qq = torch.linalg.eigvalsh(rule.Q @ rule.Q.T)
+    assert float((qq - sol.sigma[:K].flip(0) ** 2).abs().max()) < 1e-6
+    plain = linalg.solve_rrr(cxx, cxy, cyy, K)
+    assert linalg.subspace_distance(vx, plain.vx) > 1e-4
+    with pytest.raises(ValueError, match="ridge"):
+        make_rule(ridge=0.1, update="bp")
 
 
 @pytest.mark.parametrize("s", [0.0, 0.3, 1.0])

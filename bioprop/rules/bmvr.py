@@ -92,6 +92,12 @@ class BMVR(Rule):
     directions with variance ≪ λ, which no online rule at these rates can learn in a few epochs,
     get no weight there, so it is a reachable line beside the exact optimum (our choice of
     reference; the paper's FMNIST demo quotes "ridge λ = 0.1" without saying where it enters).
+    ``ridge`` = λ > 0 trains against the ridge constraint ``Vxᵀ(Cxx + λI)Vx ⪯ I`` instead
+    (the public Bio-RRR code's optional terms, spec §9): ΔVx gains −λ·Vx·QQᵀ and ΔQ gains
+    +λ·VxᵀVx·Q, so the saddle is the rank-k ridge solution (tested with exact covariances).
+    The extra terms are not local (a synapse of W1 needs QQᵀ, Q needs W1·W1ᵀ) and are not
+    gated by the ReLU; default 0 (off), as the spec asks. For ReLU it acts as a weight decay
+    on W1 whose strength per direction is the Lagrange multiplier QQᵀ (our extension).
     ``predict`` returns ``ŷ = W2·z + ȳ``, the s = 0 read-out (argmax gives the class).
 
     Guards: Q starts at ``q_init``·I, full rank (its expected update is multiplicative, so its
@@ -137,6 +143,7 @@ class BMVR(Rule):
         scale_inputs: bool = True,
         init: str = "whiten",
         ref_ridge: float = 0.0,
+        ridge: float = 0.0,
     ) -> None:
         super().__init__(model)
         check_net(model)
@@ -146,11 +153,14 @@ class BMVR(Rule):
             raise ValueError(f"s must lie in [0, 1], got {s}")
         if update not in UPDATES:
             raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-        if t0 < 0 or y_rate <= 0 or check_every < 1 or q_init <= 0 or ref_ridge < 0:
+        if t0 < 0 or y_rate <= 0 or check_every < 1 or q_init <= 0 or min(ref_ridge, ridge) < 0:
             raise ValueError(
-                "need t0 >= 0, y_rate > 0, check_every >= 1, q_init > 0 and ref_ridge >= 0"
+                "need t0 >= 0, y_rate > 0, check_every >= 1, q_init > 0, ref_ridge >= 0 "
+                "and ridge >= 0"
             )
-        self.ref_ridge = ref_ridge
+        if ridge and update == "bp":
+            raise ValueError("ridge is a term of the bmvr update; for update 'bp' use weight decay")
+        self.ref_ridge, self.ridge = ref_ridge, ridge
         self.eta_q, self.y_rate, self.t0, self.s = eta_q, y_rate, t0, s
         self.decoupled, self.update, self.eps_mu = decoupled, update, eps_mu
         self.scale_inputs, self.init = scale_inputs, init
@@ -279,6 +289,9 @@ class BMVR(Rule):
             d_w1 = (g * p).T @ xc / b
             d_vy = yc.T @ z / b - self.s * (yc.T @ a) / b - (1 - self.s) * w2
             d_q = z.T @ n / b - q
+            if self.ridge:  # gradient of Tr(QQᵀ·λ·VxᵀVx): the ridge part of the constraint
+                d_w1 = d_w1 - self.ridge * (q @ q.T) @ w1
+                d_q = d_q + self.ridge * (w1 @ w1.T) @ q
             if self.decoupled:
                 self.R.add_(n.T @ z / b - self.R, alpha=self.eta_q * f)
             q.add_(d_q, alpha=self.eta_q * f)

@@ -91,7 +91,8 @@ class BMVR(Rule):
     true objective of the rank-k optimum solved with Ĉxx + λ·I (scaled inputs). Input
     directions with variance ≪ λ, which no online rule at these rates can learn in a few epochs,
     get no weight there, so it is a reachable line beside the exact optimum (our choice of
-    reference; the paper's FMNIST demo quotes "ridge λ = 0.1" without saying where it enters).
+    reference; the paper's FMNIST demo quotes "ridge λ = 0.1", most likely the public code's
+    ridge terms in the update, which ``ridge`` below provides).
     ``ridge`` = λ > 0 trains against the ridge constraint ``Vxᵀ(Cxx + λI)Vx ⪯ I`` instead
     (the public Bio-RRR code's optional terms, spec §9): ΔVx gains −λ·Vx·QQᵀ and ΔQ gains
     +λ·VxᵀVx·Q, so the saddle is the rank-k ridge solution (tested with exact covariances).

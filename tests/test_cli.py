@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bioprop.cli import main
+from bioprop.errors import BiopropError, run_script
 
 TINY = ["--dataset", "digits", "--set", "model.args.hidden=[16]", "--epochs", "1", "--no-progress"]
 
@@ -74,7 +75,6 @@ def test_benchmark_scripts_report_a_missing_suite_in_one_line(tmp_path) -> None:
 
 
 def test_run_script_keeps_tracebacks_for_bugs() -> None:
-    from bioprop.errors import BiopropError, run_script
 
     with pytest.raises(SystemExit) as e:
         run_script(lambda: (_ for _ in ()).throw(BiopropError("bad value")))
@@ -204,8 +204,6 @@ def test_bench_seed_selects_seeds_and_rejects_unknown_ones(capsys, tmp_path) -> 
     found = [(e.label, seed, d.name) for e, seed, d in saved_runs(load_suite(suite))]
     assert found == [("BP", 0, "s0"), ("BP", 2, "s2")]  # seed 1 has no checkpoint
     assert [seed for _, seed, _ in saved_runs(load_suite(suite), ["BP"], [2, 1])] == [2]
-    from bioprop.errors import BiopropError
-
     with pytest.raises(BiopropError, match="has no seed 7"):
         list(saved_runs(load_suite(suite), seeds=[7]))
     code, _, err = run_cli(capsys, "bench", str(suite), "--seed", "7")

@@ -323,6 +323,30 @@ def test_prepare_standardises_inputs_and_initialises_w1(problem, init):
     assert abs(rule.metrics()["bmvr/loss_opt"] / sol.loss - 1) < 1e-10
 
 
+@pytest.mark.parametrize("init", ["whiten", "scale", "cov", "relu"])
+def test_init_ridge_meets_the_ridge_constraint(problem, init):
+    """init_ridge: W1 starts on the ridge constraint Vxᵀ(Ĉxx + λI)Vx: = I (whiten), trace k
+    (scale, cov) and, for ReLU, Var(relu(u)) + λ‖w‖² = 1 per unit."""
+    from bioprop.data import Split
+
+    lam, k = 0.3, 4
+    kw = {"activation": "relu", "init": "scale"} if init == "relu" else {"init": init}
+    rule = make_rule(k, ridge=lam, init_ridge=True, **kw)
+    rule.prepare(Split(problem["x"], problem["y"]))
+    xc = rule.inputs(problem["x"])
+    z, _ = rule.hidden(xc)
+    vx = rule.w1.T
+    if init == "relu":
+        per_unit = z.var(0) + lam * vx.square().sum(0)
+        assert float((per_unit - 1).abs().max()) < 1e-10
+        return
+    c = z.T @ z / T + lam * vx.T @ vx
+    if init == "whiten":
+        assert float((c - torch.eye(k, dtype=torch.float64)).abs().max()) < 1e-10
+    else:
+        assert abs(float(torch.trace(c)) - k) < 1e-10
+
+
 def test_prepare_centres_relu_units():
     """ReLU: each unit's relu(u) has unit variance and μ starts at its mean (z centred)."""
     from bioprop.data import Split

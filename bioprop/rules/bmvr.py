@@ -99,6 +99,12 @@ class BMVR(Rule):
     The extra terms are not local (a synapse of W1 needs QQᵀ, Q needs W1·W1ᵀ) and are not
     gated by the ReLU; default 0 (off), as the spec asks. For ReLU it acts as a weight decay
     on W1 whose strength per direction is the Lagrange multiplier QQᵀ (our extension).
+    ``init_ridge`` (our choice, default False) makes W1's init meet the ridge constraint
+    rather than the plain one: "whiten" whitens against Ĉxx + λI, "scale"/"cov" set
+    E‖z‖² + λ‖Vx‖²_F = k, and for ReLU each unit gets Var(relu(u)) + λ‖w‖² = 1. Without it
+    λ‖w‖² starts far above 1 on MNIST (near-constant pixels let random rows grow long), Q
+    grows until −λ·Vx·QQᵀ catches up, and at k = 256 λ 0.02 and 0.03 diverged within 800
+    samples; off by default so that earlier ridge runs reproduce.
     ``predict`` returns ``ŷ = W2·z + ȳ``, the s = 0 read-out (argmax gives the class).
 
     Guards: Q starts at ``q_init``·I, full rank (its expected update is multiplicative, so its
@@ -145,6 +151,7 @@ class BMVR(Rule):
         init: str = "whiten",
         ref_ridge: float = 0.0,
         ridge: float = 0.0,
+        init_ridge: bool = False,
     ) -> None:
         super().__init__(model)
         check_net(model)
@@ -162,6 +169,7 @@ class BMVR(Rule):
         if ridge and update == "bp":
             raise ValueError("ridge is a term of the bmvr update; for update 'bp' use weight decay")
         self.ref_ridge, self.ridge = ref_ridge, ridge
+        self.init_ridge = init_ridge
         self.eta_q, self.y_rate, self.t0, self.s = eta_q, y_rate, t0, s
         self.decoupled, self.update, self.eps_mu = decoupled, update, eps_mu
         self.scale_inputs, self.init = scale_inputs, init
@@ -232,7 +240,7 @@ class BMVR(Rule):
             h = (sub @ self.w1.T).clamp_min(0)
             mean = h.mean(0)
             if self.init != "keep":
-                sd = h.std(0).clamp_min(1e-8)
+                sd = (h.var(0) + self._ridge0() * self.w1.square().sum(1)).sqrt().clamp_min(1e-8)
                 self.w1.div_(sd[:, None])
                 mean = mean / sd
             self.mu.copy_(mean)
@@ -252,14 +260,18 @@ class BMVR(Rule):
         if self.init == "keep":
             return
         vx, k = self.w1.T, self.w1.shape[0]
-        c = vx.T @ (sub.T @ sub / len(sub)) @ vx
+        c = vx.T @ (sub.T @ sub / len(sub)) @ vx + self._ridge0() * vx.T @ vx
         if self.init == "whiten":
             self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
             return
         if self.init == "cov":  # W1's rows in the high-variance input directions
             vx = sub.T @ (sub @ vx) / len(sub)
-            c = vx.T @ (sub.T @ sub / len(sub)) @ vx
+            c = vx.T @ (sub.T @ sub / len(sub)) @ vx + self._ridge0() * vx.T @ vx
         self.w1.copy_(vx.T * (k / torch.trace(c)).sqrt())  # one scalar: E‖z‖² = k
+
+    def _ridge0(self) -> float:
+        """λ of the constraint W1's init meets: the ridge λ with ``init_ridge``, else 0."""
+        return self.ridge if self.init_ridge else 0.0
 
     @torch.no_grad()
     def currents(self, z: Tensor, yc: Tensor) -> tuple[Tensor, Tensor, Tensor]:

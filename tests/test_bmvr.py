@@ -335,7 +335,7 @@ def test_init_ridge_meets_the_ridge_constraint(problem, init):
     rule.prepare(Split(problem["x"], problem["y"]))
     xc = rule.inputs(problem["x"])
     z, _ = rule.hidden(xc)
-    vx = rule.w1.T
+    vx = rule.w1.detach().T
     if init == "relu":
         per_unit = z.var(0) + lam * vx.square().sum(0)
         assert float((per_unit - 1).abs().max()) < 1e-10

@@ -101,7 +101,8 @@ class BMVR(Rule):
     on W1 whose strength per direction is the Lagrange multiplier QQᵀ (our extension).
     ``init_ridge`` (our choice, default False) makes W1's init meet the ridge constraint
     rather than the plain one: "whiten" whitens against Ĉxx + λI, "scale"/"cov" set
-    E‖z‖² + λ‖Vx‖²_F = k, and for ReLU each unit gets Var(relu(u)) + λ‖w‖² = 1. Without it
+    E‖z‖² + λ‖Vx‖²_F = k, and for ReLU each unit gets Var(relu(u)) + λ‖w‖² = 1 ("keep" is
+    left as it is). Without it
     λ‖w‖² starts far above 1 on MNIST (near-constant pixels let random rows grow long), Q
     grows until −λ·Vx·QQᵀ catches up, and at k = 256 λ 0.02 and 0.03 diverged within 800
     samples; off by default so that earlier ridge runs reproduce.

@@ -102,10 +102,9 @@ class BMVR(Rule):
     ``init_ridge`` (our choice, default False) makes W1's init meet the ridge constraint
     rather than the plain one: "whiten" whitens against Ĉxx + λI, "scale"/"cov" set
     E‖z‖² + λ‖Vx‖²_F = k, and for ReLU each unit gets Var(relu(u)) + λ‖w‖² = 1 ("keep" is
-    left as it is). Without it
-    λ‖w‖² starts far above 1 on MNIST (near-constant pixels let random rows grow long), Q
-    grows until −λ·Vx·QQᵀ catches up, and at k = 256 λ 0.02 and 0.03 diverged within 800
-    samples; off by default so that earlier ridge runs reproduce.
+    left as it is). Without it λ‖w‖² starts far above 1 on MNIST (near-constant pixels let
+    random rows grow long), Q grows until −λ·Vx·QQᵀ catches up, and at k = 256 λ 0.02 and 0.03
+    diverged within 800 samples; off by default so that earlier ridge runs reproduce.
     ``predict`` returns ``ŷ = W2·z + ȳ``, the s = 0 read-out (argmax gives the class).
 
     Guards: Q starts at ``q_init``·I, full rank (its expected update is multiplicative, so its
@@ -261,13 +260,14 @@ class BMVR(Rule):
         if self.init == "keep":
             return
         vx, k = self.w1.T, self.w1.shape[0]
-        c = vx.T @ (sub.T @ sub / len(sub)) @ vx + self._ridge0() * vx.T @ vx
+        cxx, lam = sub.T @ sub / len(sub), self._ridge0()
+        c = vx.T @ cxx @ vx + lam * vx.T @ vx  # the constraint's left side at this init
         if self.init == "whiten":
             self.w1.copy_((vx @ linalg.psd_power(c, -0.5)).T)
             return
         if self.init == "cov":  # W1's rows in the high-variance input directions
             vx = sub.T @ (sub @ vx) / len(sub)
-            c = vx.T @ (sub.T @ sub / len(sub)) @ vx + self._ridge0() * vx.T @ vx
+            c = vx.T @ cxx @ vx + lam * vx.T @ vx
         self.w1.copy_(vx.T * (k / torch.trace(c)).sqrt())  # one scalar: E‖z‖² = k
 
     def _ridge0(self) -> float:

@@ -10,10 +10,11 @@ the weights over the last epochs (as stochastic weight averaging does for SGD) i
 to read off the level the rule has reached rather than one noisy iterate. This is an
 *evaluation* choice of ours, not part of any rule or of the paper's protocol.
 
-For every finished run of the suite (restricted to the given entry labels, if any), the run is
-rebuilt from its checkpoint exactly as ``bioprop train --resume`` would extend it (same RNG,
-optimizer and rule state), trained EXTRA_EPOCHS more epochs in memory, and the rule's floating
-state (weights and running means) is averaged over the end of each of those epochs. Scored on
+For every finished run of the suite (all its epochs done; only the given entry labels, if any),
+the run is rebuilt from its checkpoint exactly as ``bioprop train --resume`` would extend it
+(same RNG, optimizer and rule state), trained EXTRA_EPOCHS more epochs in memory, and the
+rule's floating state (weights and running means) is averaged over the ends of those epochs.
+Scored on
 the test split: all of it, its first 10k images (validation, the part the earlier probes saw)
 and the rest (held out): the checkpoint's own weights, the last epoch's weights, the mean of
 the per-epoch accuracies, and the averaged weights. The run folders are only read, never
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from bioprop import results
-from bioprop.bench import load_suite, run_config, run_dir
+from bioprop.bench import dir_status, load_suite, run_config, run_dir
 from bioprop.data import Split
 from bioprop.errors import BiopropError, run_script
 from bioprop.report import fmt
@@ -81,6 +82,11 @@ def tail_average(cfg, d: Path, extra: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def finished(d: Path, epochs: int) -> bool:
+    """Only runs that have done all their epochs: one still training has a checkpoint too."""
+    return dir_status(d, epochs) == "finished" and (d / results.CHECKPOINT).is_file()
+
+
 def previous(out_path: Path, suite: str, extra: int) -> dict[str, dict]:
     """The runs an earlier call already scored into OUT.json, so that a cut-off call continues
     where it stopped. A file holding another suite or another EXTRA_EPOCHS is not overwritten."""
@@ -111,9 +117,9 @@ def main() -> None:
             continue
         for seed in entry.seeds:
             d = run_dir(suite, entry, seed)
-            if str(seed) in report.get(entry.label, {}) or not (d / results.CHECKPOINT).is_file():
-                continue
             cfg = run_config(entry, seed)
+            if str(seed) in report.get(entry.label, {}) or not finished(d, cfg.epochs):
+                continue
             cfg.progress = False
             print(f"{entry.label}, seed {seed}", file=sys.stderr, flush=True)
             report.setdefault(entry.label, {})[str(seed)] = tail_average(cfg, d, extra)

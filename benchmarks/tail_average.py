@@ -128,8 +128,19 @@ def main() -> None:
             )
     order = [e.label for e in suite.entries if e.label in report]
     table = markdown({label: report[label] for label in order}, extra)
-    results.write_text(out_path.with_suffix(".md"), table + "\n")
+    results.write_text(out_path.with_suffix(".md"), header(sys.argv[1:4], extra) + table + "\n")
     print(table)
+
+
+def header(args: list[str], extra: int) -> str:
+    return (
+        f"# {Path(args[0]).stem}: {extra} more epochs, weights averaged\n\n"
+        f"Produced by `python benchmarks/tail_average.py {' '.join(args)}` (see the script's "
+        f"docstring). Test accuracy (%), mean ± std over the seeds. Slices of the test split: "
+        f"`all`, `val` = its first {VAL} images, `heldout` = the rest. Columns: the run's "
+        f"checkpoint, the weights after {extra} more epochs, the mean of the per-epoch "
+        f"accuracies over those epochs, and the weights averaged over their ends.\n\n"
+    )
 
 
 def markdown(report: dict[str, dict], extra: int) -> str:

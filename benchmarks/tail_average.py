@@ -13,11 +13,11 @@ to read off the level the rule has reached rather than one noisy iterate. This i
 For every finished run of the suite (all its epochs done; only the given entry labels, if any),
 the run is rebuilt from its checkpoint exactly as ``bioprop train --resume`` would extend it
 (same RNG, optimizer and rule state), trained EXTRA_EPOCHS more epochs in memory, and the
-rule's floating state (weights and running means) is averaged over the ends of those epochs.
-Scored on
-the test split: all of it, its first 10k images (validation, the part the earlier probes saw)
-and the rest (held out): the checkpoint's own weights, the last epoch's weights, the mean of
-the per-epoch accuracies, and the averaged weights. The run folders are only read, never
+rule's floating state (weights, running means and, harmlessly, the rule's own counters) is
+averaged over the ends of those epochs. Scored on the test split: all of it, its first 10k
+images (validation, the part the earlier probes saw) and the rest (held out): the checkpoint's
+own weights, the last epoch's weights, the mean of the per-epoch accuracies, and the averaged
+weights. The run folders are only read, never
 written; results go to OUT.json, the table to OUT.md (both atomically) and to stdout. Runs
 already in OUT.json (same suite, same EXTRA_EPOCHS) are kept and not redone.
 Cost: EXTRA_EPOCHS epochs of each run, one after the other.

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from bioprop import results
-from bioprop.bench import dir_status, load_suite, run_config, run_dir
+from bioprop.bench import dir_status, load_suite, run_config, saved_runs
 from bioprop.data import Split
 from bioprop.errors import BiopropError, run_script
 from bioprop.report import fmt
@@ -44,15 +44,18 @@ VAL = 10000  # the first VAL test images are the validation slice
 
 def _slices(test: Split) -> dict[str, Split]:
     return {
-        "all": test,
         "val": Split(test.x[:VAL], test.y[:VAL]),
         "heldout": Split(test.x[VAL:], test.y[VAL:]),
     }
 
 
 def _score(s, parts: dict[str, Split]) -> dict[str, float]:
+    """Accuracy (%) on each slice, and on the whole split as their size-weighted mean (the two
+    slices partition it, so it need not be scored a second time)."""
     bs = s.cfg.data.eval_batch_size
-    return {k: 100 * evaluate(s.rule, p, bs, s.device)["acc"] for k, p in parts.items()}
+    acc = {k: 100 * evaluate(s.rule, p, bs, s.device)["acc"] for k, p in parts.items()}
+    acc["all"] = sum(acc[k] * len(p) for k, p in parts.items()) / sum(map(len, parts.values()))
+    return acc
 
 
 def _float_state(rule) -> dict[str, torch.Tensor]:
@@ -75,16 +78,11 @@ def tail_average(cfg, d: Path, extra: int) -> dict[str, dict[str, float]]:
         per_epoch.append(_score(s, parts))
         print(f"  epoch {epoch}: {per_epoch[-1]}", file=sys.stderr, flush=True)
     out["last"] = per_epoch[-1]
-    out["mean_of_epochs"] = {k: statistics.mean(r[k] for r in per_epoch) for k in parts}
+    out["mean_of_epochs"] = {k: statistics.mean(r[k] for r in per_epoch) for k in per_epoch[0]}
     last_state = s.rule.state_dict()
     s.rule.load_state_dict({**last_state, **{k: v / extra for k, v in total.items()}})
     out["averaged"] = _score(s, parts)
     return out
-
-
-def finished(d: Path, epochs: int) -> bool:
-    """Only runs that have done all their epochs: one still training has a checkpoint too."""
-    return dir_status(d, epochs) == "finished" and (d / results.CHECKPOINT).is_file()
 
 
 def previous(out_path: Path, suite: str, extra: int) -> dict[str, dict]:
@@ -107,25 +105,16 @@ def main() -> None:
             "usage: python benchmarks/tail_average.py SUITE.yaml EXTRA_EPOCHS OUT.json [LABEL ...]"
         )
     suite, extra, out_path = load_suite(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    labels = sys.argv[4:]
-    unknown = set(labels) - {e.label for e in suite.entries}
-    if unknown:
-        raise BiopropError(f"no entry labelled {sorted(unknown)} in {sys.argv[1]}")
     report = previous(out_path, suite.name, extra)
-    for entry in suite.entries:
-        if labels and entry.label not in labels:
+    for entry, seed, d in saved_runs(suite, sys.argv[4:] or None):
+        cfg = run_config(entry, seed)
+        # A run still training has a checkpoint too: only extend finished ones.
+        if str(seed) in report.get(entry.label, {}) or dir_status(d, cfg.epochs) != "finished":
             continue
-        for seed in entry.seeds:
-            d = run_dir(suite, entry, seed)
-            cfg = run_config(entry, seed)
-            if str(seed) in report.get(entry.label, {}) or not finished(d, cfg.epochs):
-                continue
-            cfg.progress = False
-            print(f"{entry.label}, seed {seed}", file=sys.stderr, flush=True)
-            report.setdefault(entry.label, {})[str(seed)] = tail_average(cfg, d, extra)
-            results.write_json(
-                out_path, {"suite": suite.name, "extra_epochs": extra, "runs": report}
-            )
+        cfg.progress = False
+        print(f"{entry.label}, seed {seed}", file=sys.stderr, flush=True)
+        report.setdefault(entry.label, {})[str(seed)] = tail_average(cfg, d, extra)
+        results.write_json(out_path, {"suite": suite.name, "extra_epochs": extra, "runs": report})
     order = [e.label for e in suite.entries if e.label in report]
     table = markdown({label: report[label] for label in order}, extra)
     results.write_text(out_path.with_suffix(".md"), header(sys.argv[1:4], extra) + table + "\n")

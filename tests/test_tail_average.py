@@ -99,5 +99,5 @@ def test_script_writes_json_and_table_and_rejects_unknown_labels(tail, tmp_path,
     with pytest.raises(Exception, match="write to another file"):
         tail.main()
     monkeypatch.setattr("sys.argv", ["tail_average.py", str(suite), "1", str(out), "nope"])
-    with pytest.raises(Exception, match="no entry labelled"):
+    with pytest.raises(Exception, match="has no entry 'nope'"):
         tail.main()

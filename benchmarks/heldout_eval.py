@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import statistics
 import sys
+from itertools import groupby
 
 from bioprop import results
-from bioprop.bench import load_suite, run_config, run_dir
+from bioprop.bench import load_suite, run_config, saved_runs
 from bioprop.data import Split
 from bioprop.errors import run_script
 from bioprop.report import fmt
@@ -44,20 +45,13 @@ def main() -> None:
     suite = load_suite(path)
     print(f"| run | test images {start}..{end or 'end'}, per seed (%) | mean ± std |")
     print("|---|---|---:|")
-    for entry in suite.entries:
-        accs = []
-        for seed in entry.seeds:
-            d = run_dir(suite, entry, seed)
-            if (d / results.CHECKPOINT).is_file():
-                cfg = run_config(entry, seed)
-                cfg.progress = False
-                accs.append(100 * heldout_accuracy(cfg, d, start, end))
-        if not accs:
-            continue
+    # saved_runs yields in suite order, so each entry's runs come together: one row per entry.
+    for label, runs in groupby(saved_runs(suite), key=lambda r: r[0].label):
+        accs = [100 * heldout_accuracy(run_config(e, seed), d, start, end) for e, seed, d in runs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         each = " / ".join(f"{a:.2f}" for a in accs)
         summary = fmt(statistics.mean(accs), std, len(accs))
-        print(f"| {entry.label} | {each} | {summary} |", flush=True)
+        print(f"| {label} | {each} | {summary} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ protocol (train on the 10k official test images, validate on 10k, test on the ot
 
 Each run is rebuilt with the library (``train.build``, same config, same data preparation),
 its rule state is loaded from ``checkpoint.pt`` (the last epoch), and ``train.evaluate`` scores
-it. Prints a markdown table: per entry, the accuracy of each seed and mean ± sample std. Needs
-the run folders (records hold no weights). Data from ``BIOPROP_DATA``.
+it. Prints a markdown table: per entry, the accuracy of each seed and mean ± sample std. Runs
+still training or stopped early are left out. Needs the run folders (records hold no weights).
+Data from ``BIOPROP_DATA``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
     print(f"| run | test images {start}..{end or 'end'}, per seed (%) | mean ± std |")
     print("|---|---|---:|")
     # saved_runs yields in suite order, so each entry's runs come together: one row per entry.
-    for label, runs in groupby(saved_runs(suite), key=lambda r: r[0].label):
+    for label, runs in groupby(saved_runs(suite, finished=True), key=lambda r: r[0].label):
         accs = [100 * heldout_accuracy(run_config(e, seed), d, start, end) for e, seed, d in runs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         each = " / ".join(f"{a:.2f}" for a in accs)

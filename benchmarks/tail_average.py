@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from bioprop import results
-from bioprop.bench import dir_status, load_suite, run_config, saved_runs
+from bioprop.bench import load_suite, run_config, saved_runs
 from bioprop.data import Split
 from bioprop.errors import BiopropError, run_script
 from bioprop.report import fmt
@@ -106,11 +106,10 @@ def main() -> None:
         )
     suite, extra, out_path = load_suite(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     report = previous(out_path, suite.name, extra)
-    for entry, seed, d in saved_runs(suite, sys.argv[4:] or None):
-        cfg = run_config(entry, seed)
-        # A run still training has a checkpoint too: only extend finished ones.
-        if str(seed) in report.get(entry.label, {}) or dir_status(d, cfg.epochs) != "finished":
+    for entry, seed, d in saved_runs(suite, sys.argv[4:] or None, finished=True):
+        if str(seed) in report.get(entry.label, {}):
             continue
+        cfg = run_config(entry, seed)
         cfg.progress = False
         print(f"{entry.label}, seed {seed}", file=sys.stderr, flush=True)
         report.setdefault(entry.label, {})[str(seed)] = tail_average(cfg, d, extra)

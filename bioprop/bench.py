@@ -153,13 +153,20 @@ def selected(
 
 
 def saved_runs(
-    suite: Suite, only: list[str] | None = None, seeds: list[int] | None = None
+    suite: Suite,
+    only: list[str] | None = None,
+    seeds: list[int] | None = None,
+    finished: bool = False,
 ) -> Iterator[tuple[Entry, int, Path]]:
     """(entry, seed, run folder) of every selected run (see ``selected``) whose folder holds a
-    checkpoint, finished or not: what the analysis scripts under benchmarks/ read."""
+    checkpoint: what the analysis scripts under benchmarks/ read. A run still training (or
+    stopped) has a checkpoint too; ``finished=True`` leaves such runs out, for scripts that
+    report a run's final weights."""
     for entry, seed in selected(suite, only, seeds):
         d = run_dir(suite, entry, seed)
-        if (d / results.CHECKPOINT).is_file():
+        if not (d / results.CHECKPOINT).is_file():
+            continue
+        if not finished or dir_status(d, run_config(entry, seed).epochs) == "finished":
             yield entry, seed, d
 
 

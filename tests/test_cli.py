@@ -204,6 +204,11 @@ def test_bench_seed_selects_seeds_and_rejects_unknown_ones(capsys, tmp_path) -> 
     found = [(e.label, seed, d.name) for e, seed, d in saved_runs(load_suite(suite))]
     assert found == [("BP", 0, "s0"), ("BP", 2, "s2")]  # seed 1 has no checkpoint
     assert [seed for _, seed, _ in saved_runs(load_suite(suite), ["BP"], [2, 1])] == [2]
+    # A run stopped early (or still training) has a checkpoint but is not finished.
+    res = tmp_path / "runs" / "bp" / "s2" / "result.json"
+    res.write_text(res.read_text().replace('"epochs_done": 1', '"epochs_done": 0'))
+    assert [seed for _, seed, _ in saved_runs(load_suite(suite), finished=True)] == [0]
+    assert len(list(saved_runs(load_suite(suite)))) == 2
     with pytest.raises(BiopropError, match="has no seed 7"):
         list(saved_runs(load_suite(suite), seeds=[7]))
     code, _, err = run_cli(capsys, "bench", str(suite), "--seed", "7")

@@ -1,0 +1,81 @@
+"""Differences between a suite's entries and one baseline entry, paired by seed.
+
+Usage::
+
+    python benchmarks/paired_deltas.py SUITE.yaml BASELINE [LABEL ...] [--key best_test_acc]
+
+Why: on these 2-core machines two CIFAR-10 runs of one entry can end 0.5-1 pp apart, so the
+spread of two entries' means hides differences that every seed agrees on. Runs with the same
+seed share the batch order and, on the same net, the initial weights and feedback matrices, so
+the difference seed by seed is the fairer comparison (docs/pepita-results.md quotes these).
+
+For every entry (or only the given labels) that shares finished seeds with BASELINE, prints a
+markdown row: the seeds paired, the difference of the final test accuracy (pp) on each, and
+mean ± sample std over them. Entries with no common seed are listed as such. Reads only the run
+folders or the committed records (``bioprop bench`` writes both), so it needs neither the data
+nor the checkpoints and takes a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from bioprop.bench import Entry, Suite, load_suite, run_result
+from bioprop.errors import BiopropError, run_script
+
+
+def finals(suite: Suite, entry: Entry, key: str) -> dict[int, float]:
+    """Seed -> metric (%) of the entry's finished runs."""
+    out = {}
+    for seed in entry.seeds:
+        st, r = run_result(suite, entry, seed)
+        if st == "finished" and r.get(key) is not None:
+            out[seed] = 100 * r[key]
+    return out
+
+
+def paired(base: dict[int, float], other: dict[int, float]) -> dict[int, float]:
+    """Seed -> other − base, over the seeds both have."""
+    return {s: other[s] - base[s] for s in sorted(base.keys() & other.keys())}
+
+
+def row(label: str, deltas: dict[int, float]) -> str:
+    if not deltas:
+        return f"| {label} | – | no common finished seed | – |"
+    v = list(deltas.values())
+    each = " / ".join(f"{d:+.2f}" for d in v)
+    mean = f"{statistics.mean(v):+.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+    return f"| {label} | {', '.join(map(str, deltas))} | {each} | {mean} |"
+
+
+def table(suite: Suite, baseline: str, labels: list[str], key: str) -> str:
+    by_label = {e.label: e for e in suite.entries}
+    if unknown := [x for x in [baseline, *labels] if x not in by_label]:
+        raise BiopropError(f"suite {suite.name} has no entry {unknown[0]!r}; see its yaml")
+    base = finals(suite, by_label[baseline], key)
+    if not base:
+        raise BiopropError(f"baseline {baseline!r} has no finished run")
+    lines = [
+        f"Difference in {key} (pp) against {baseline!r}, paired by seed:",
+        "",
+        "| entry | seeds | per seed | mean ± std |",
+        "|---|---|---|---:|",
+    ]
+    for label in labels or [e.label for e in suite.entries if e.label != baseline]:
+        lines.append(row(label, paired(base, finals(suite, by_label[label], key))))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("suite")
+    ap.add_argument("baseline", help="label of the entry the others are compared with")
+    ap.add_argument("labels", nargs="*", help="entries to compare (default: all others)")
+    ap.add_argument("--key", default="final_test_acc", choices=["final_test_acc", "best_test_acc"])
+    a = ap.parse_args()
+    print(table(load_suite(a.suite), a.baseline, a.labels, a.key))
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,68 @@
+"""benchmarks/paired_deltas.py: entry-vs-baseline differences paired by seed, from records."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+from bioprop import results
+from bioprop.bench import _identity, load_suite, record_path
+from bioprop.errors import BiopropError
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_deltas.py"
+FINALS = {"A": {0: 0.50, 1: 0.52, 2: 0.51}, "B": {0: 0.53, 1: 0.52}, "C": {}}
+
+
+@pytest.fixture
+def paired():
+    spec = importlib.util.spec_from_file_location("paired_deltas", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def suite(tmp_path: Path):
+    """A three-entry suite whose finished runs exist only as records (no run folders)."""
+    p = tmp_path / "suite.yaml"
+    p.write_text(
+        f"name: tiny\ndoc: {tmp_path / 'd.md'}\nruns_dir: {tmp_path / 'runs'}\n"
+        f"records: {tmp_path / 'records'}\n"
+        "base: {data: {name: digits}, epochs: 3, rule: {name: bp}}\n"
+        "entries:\n  - {label: A, seeds: [0, 1, 2]}\n  - {label: B, seeds: [0, 1, 2]}\n"
+        "  - {label: C, seeds: [0]}\n"
+    )
+    s = load_suite(p)
+    for entry in s.entries:
+        for seed, acc in FINALS[entry.label].items():
+            result = {"status": "finished", "epochs_done": 3, "final_test_acc": acc}
+            results.write_json(
+                record_path(s, entry, seed), {"identity": _identity(entry, seed), "result": result}
+            )
+    # An unfinished run must not be paired: seed 2 of B stopped after one epoch.
+    b = s.entries[1]
+    unfinished = {"status": "running", "epochs_done": 1, "final_test_acc": 0.9}
+    results.write_json(record_path(s, b, 2), {"identity": _identity(b, 2), "result": unfinished})
+    return s
+
+
+def test_deltas_are_per_seed_differences_over_common_finished_seeds(paired, suite):
+    base, b = (paired.finals(suite, e, "final_test_acc") for e in suite.entries[:2])
+    d = paired.paired(base, b)
+    assert list(d) == [0, 1]  # seed 2 of B is unfinished, so it is not paired
+    assert d[0] == pytest.approx(3.0) and d[1] == pytest.approx(0.0)
+    text = paired.table(suite, "A", [], "final_test_acc")
+    sd = statistics.stdev([3.0, 0.0])
+    assert f"| B | 0, 1 | +3.00 / +0.00 | +1.50 ± {sd:.2f} |" in text
+    assert "| C | – | no common finished seed | – |" in text
+    assert "| A |" not in text  # the baseline is not compared with itself
+
+
+def test_unknown_label_or_empty_baseline_is_a_user_error(paired, suite):
+    with pytest.raises(BiopropError, match="no entry 'nope'"):
+        paired.table(suite, "A", ["nope"], "final_test_acc")
+    with pytest.raises(BiopropError, match="no finished run"):
+        paired.table(suite, "C", [], "final_test_acc")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bioprop.bench import Entry, Suite, load_suite, run_result
+from bioprop.bench import Entry, Suite, _check_selection, load_suite, run_result
 from bioprop.errors import BiopropError, run_script
 
 
@@ -50,9 +50,8 @@ def row(label: str, deltas: dict[int, float]) -> str:
 
 
 def table(suite: Suite, baseline: str, labels: list[str], key: str) -> str:
+    _check_selection(suite, [baseline, *labels], None)
     by_label = {e.label: e for e in suite.entries}
-    if unknown := [x for x in [baseline, *labels] if x not in by_label]:
-        raise BiopropError(f"suite {suite.name} has no entry {unknown[0]!r}; see its yaml")
     base = finals(suite, by_label[baseline], key)
     if not base:
         raise BiopropError(f"baseline {baseline!r} has no finished run")

@@ -6,6 +6,7 @@ do not depend on test order.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 from pathlib import Path
@@ -22,6 +23,15 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     np.random.seed(0)
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(False)
+
+
+def load_script(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) as a module, for tests of its functions."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 from pathlib import Path
 
@@ -11,17 +10,14 @@ import pytest
 from bioprop import results
 from bioprop.bench import _identity, load_suite, record_path
 from bioprop.errors import BiopropError
+from tests.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_deltas.py"
 FINALS = {"A": {0: 0.50, 1: 0.52, 2: 0.51}, "B": {0: 0.53, 1: 0.52}, "C": {}}
 
 
 @pytest.fixture
 def paired():
-    spec = importlib.util.spec_from_file_location("paired_deltas", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("paired_deltas")
 
 
 @pytest.fixture

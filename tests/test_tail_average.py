@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,15 +13,12 @@ from bioprop import results
 from bioprop.bench import load_suite, run_config, run_dir, run_suite
 from bioprop.data import Split
 from bioprop.train import build, evaluate, train
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tail_average.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture
 def tail(monkeypatch):
-    spec = importlib.util.spec_from_file_location("tail_average", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tail_average")
     monkeypatch.setattr(mod, "VAL", 100)  # the digits test split has a few hundred images
     return mod
 

@@ -21,18 +21,14 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bioprop.bench import Entry, Suite, _check_selection, load_suite, run_result
+from bioprop.bench import Entry, Suite, _check_selection, finished_results, load_suite
 from bioprop.errors import BiopropError, run_script
 
 
 def finals(suite: Suite, entry: Entry, key: str) -> dict[int, float]:
     """Seed -> metric (%) of the entry's finished runs."""
-    out = {}
-    for seed in entry.seeds:
-        st, r = run_result(suite, entry, seed)
-        if st == "finished" and r.get(key) is not None:
-            out[seed] = 100 * r[key]
-    return out
+    runs = finished_results(suite, entry)
+    return {seed: 100 * r[key] for seed, r in runs.items() if r.get(key) is not None}
 
 
 def paired(base: dict[int, float], other: dict[int, float]) -> dict[int, float]:

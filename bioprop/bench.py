@@ -286,14 +286,22 @@ def _check_selection(suite: Suite, only: list[str] | None, seeds: list[int] | No
         raise BiopropError(f"suite {suite.name} has no seed {unknown[0]}; seeds: {known}")
 
 
-def entry_group(suite: Suite, entry: Entry) -> Group:
-    """The finished runs of an entry, from run folders or records."""
-    g = Group(entry.label)
+def finished_results(suite: Suite, entry: Entry) -> dict[int, dict[str, Any]]:
+    """Seed -> result of each finished run of an entry, from run folders or records."""
+    out = {}
     for seed in entry.seeds:
         st, r = run_result(suite, entry, seed)
         if st == "finished":
-            g.runs.append(run_dir(suite, entry, seed))
-            g.results.append(r)
+            out[seed] = r
+    return out
+
+
+def entry_group(suite: Suite, entry: Entry) -> Group:
+    """The finished runs of an entry, from run folders or records."""
+    g = Group(entry.label)
+    for seed, r in finished_results(suite, entry).items():
+        g.runs.append(run_dir(suite, entry, seed))
+        g.results.append(r)
     return g
 
 

@@ -311,6 +311,31 @@ def test_hebbian_is_pepita_plus_hebbian_correction() -> None:
         )
 
 
+@pytest.mark.parametrize("error", ["first", "modulated"])
+def test_hebbian_layers_mix_the_two_updates(error) -> None:
+    """hebbian_layers picks, layer by layer, the Hebbian update or PEPITA's: [] is PEPITA, and
+    [0, -1] takes the full Hebbian rule's first and last layers and PEPITA's middle one."""
+    model = make_mlp([8, 12, 10, 3], bias=False)
+    x, y = torch.rand(6, 8, dtype=torch.float64), torch.randint(0, 3, (6,))
+    F = torch.randn(8, 3, dtype=torch.float64) * 0.2
+
+    def grads(name, **opts):
+        rule = build_rule(name, model, error=error, **opts)
+        rule.F.copy_(F)
+        rule.step(x, y)
+        return [b.op.weight.grad.clone() for b in model.blocks]
+
+    pep, heb = grads("pepita"), grads("pepita_hebbian")
+    for got, want in zip(grads("pepita_hebbian", hebbian_layers=[]), pep):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    mixed = grads("pepita_hebbian", hebbian_layers=[0, -1])
+    for got, want in zip(mixed, [heb[0], pep[1], heb[2]]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert rel(heb[1], pep[1]) > 1e-3  # the middle layer's two updates do differ
+    with pytest.raises(BiopropError, match="out of range"):
+        build_rule("pepita_hebbian", model, hebbian_layers=[3])
+
+
 def test_time_local_step_sums_to_hebbian() -> None:
     """lr = 0 and shared masks: the two optimizer steps of time-local see grads (a) h_lᵀh_{l−1}
     and (b) −hm_lᵀhm_{l−1} that add up to PEPITA-Hebbian's, with dropout on."""

@@ -386,7 +386,23 @@ class PepitaHebbian(Pepita):
 
     G_l = (h_lᵀh_{l−1} − hm_lᵀhm_{l−1}) / B,  G_L = (yᵀh_{L−1} − Yᵀhm_{L−1}) / B: PEPITA plus
     h_lᵀ(h_{l−1} − hm_{l−1}) / B; the output is clamped to the target Y in pass 2.
+
+    hebbian_layers: the (0-based, negative from the end) weight layers that take the Hebbian
+        form; the others take PEPITA's update (with ``error`` for the last layer). None (the
+        paper's rule): all of them. Our design, for locating instabilities: with 3 hidden layers
+        the full rule diverges on CIFAR-10 at lr 0.01 and 0.003 and on the 8x8 digits at 0.01,
+        and on the digits the Hebbian form of hidden layers 2 or 3 alone suffices for that,
+        while that of layer 1 or of the output layer does not
+        (``benchmarks/pepita_hebbian_probe.py``, docs/pepita-results.md).
     """
+
+    def __init__(self, model: nn.Module, hebbian_layers: list[int] | None = None, **kwargs: Any):
+        super().__init__(model, **kwargs)
+        n = len(self.blocks)
+        chosen = range(n) if hebbian_layers is None else list(hebbian_layers)
+        if bad := [i for i in chosen if not -n <= i < n]:
+            raise ValueError(f"hebbian_layers {bad} out of range for a net of {n} weight layers")
+        self.hebbian = sorted({i % n for i in chosen})
 
     def _write(
         self,
@@ -399,8 +415,11 @@ class PepitaHebbian(Pepita):
         probs: Tensor,
         target: Tensor,
     ) -> None:
+        if len(self.hebbian) < len(self.blocks):  # the rest keep PEPITA's update
+            super()._write(batch, inputs, acts, inputs_m, acts_m, e_out, probs, target)
         outs, outs_m = [*acts[:-1], probs], [*acts_m[:-1], target]
-        for i, block in enumerate(self.blocks):
+        for i in self.hebbian:
+            block = self.blocks[i]
             g1 = self._grad(block, outs[i], inputs[i], batch)
             g2 = self._grad(block, outs_m[i], inputs_m[i], batch)
             self._assign(block, tuple(a - b if a is not None else None for a, b in zip(g1, g2)))

@@ -390,9 +390,9 @@ class PepitaHebbian(Pepita):
     hebbian_layers: the (0-based, negative from the end) weight layers that take the Hebbian
         form; the others take PEPITA's update (with ``error`` for the last layer). None (the
         paper's rule): all of them. Our design, for locating instabilities: with 3 hidden layers
-        the full rule diverges on CIFAR-10 at lr 0.01 and 0.003 and on the 8x8 digits at 0.01,
-        and on the digits the Hebbian form of hidden layers 2 or 3 alone suffices for that,
-        while that of layer 1 or of the output layer does not
+        the full rule diverged on CIFAR-10 (2 of 2 seeds at lr 0.01, 1 of 1 at 0.003) and on
+        the 8x8 digits (3 of 3 at 0.01); on the digits the Hebbian form of hidden layer 2 or 3
+        alone suffices for that, while that of layer 1 or of the output layer does not
         (``benchmarks/pepita_hebbian_probe.py``, docs/pepita-results.md).
     """
 

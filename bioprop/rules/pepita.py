@@ -393,7 +393,7 @@ class PepitaHebbian(Pepita):
         the full rule diverged on CIFAR-10 (2 of 2 seeds at lr 0.01, 1 of 1 at 0.003) and on
         the 8x8 digits (3 of 3 at 0.01); on the digits the Hebbian form of hidden layer 2 or 3
         alone suffices for that, while that of layer 1 or of the output layer does not
-        (``benchmarks/pepita_hebbian_probe.py``, docs/pepita-results.md).
+        (``benchmarks/pepita-digits-hebbian.yaml``, docs/pepita-results.md).
     """
 
     def __init__(self, model: nn.Module, hebbian_layers: list[int] | None = None, **kwargs: Any):

@@ -323,10 +323,21 @@ class Pepita(Rule):
     ) -> None:
         """Fill ``.grad`` from both passes (block inputs, activities, output error and
         probabilities, one-hot target); the Hebbian variant overrides only this."""
-        for i, block in enumerate(self.blocks[:-1]):
-            self._assign(block, self._grad(block, acts[i] - acts_m[i], inputs_m[i], batch))
-        last = self.blocks[-1]
-        self._assign(last, self._grad(last, e_out, inputs_m[-1], batch))
+        for i, block in enumerate(self.blocks):
+            self._assign(block, self._pepita_grad(i, batch, inputs_m, acts, acts_m, e_out))
+
+    def _pepita_grad(
+        self,
+        i: int,
+        batch: int,
+        inputs_m: list[Tensor],
+        acts: list[Tensor],
+        acts_m: list[Tensor],
+        e_out: Tensor,
+    ) -> tuple[Tensor, ...]:
+        """Layer i's update: (h − h_mod) against its modulated input; the last layer uses e_out."""
+        post = e_out if i == len(self.blocks) - 1 else acts[i] - acts_m[i]
+        return self._grad(self.blocks[i], post, inputs_m[i], batch)
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> StepOutput:
@@ -402,7 +413,7 @@ class PepitaHebbian(Pepita):
         chosen = range(n) if hebbian_layers is None else list(hebbian_layers)
         if bad := [i for i in chosen if not -n <= i < n]:
             raise ValueError(f"hebbian_layers {bad} out of range for a net of {n} weight layers")
-        self.hebbian = sorted({i % n for i in chosen})
+        self.hebbian = {i % n for i in chosen}
 
     def _write(
         self,
@@ -415,11 +426,11 @@ class PepitaHebbian(Pepita):
         probs: Tensor,
         target: Tensor,
     ) -> None:
-        if len(self.hebbian) < len(self.blocks):  # the rest keep PEPITA's update
-            super()._write(batch, inputs, acts, inputs_m, acts_m, e_out, probs, target)
         outs, outs_m = [*acts[:-1], probs], [*acts_m[:-1], target]
-        for i in self.hebbian:
-            block = self.blocks[i]
+        for i, block in enumerate(self.blocks):
+            if i not in self.hebbian:
+                self._assign(block, self._pepita_grad(i, batch, inputs_m, acts, acts_m, e_out))
+                continue
             g1 = self._grad(block, outs[i], inputs[i], batch)
             g2 = self._grad(block, outs_m[i], inputs_m[i], batch)
             self._assign(block, tuple(a - b if a is not None else None for a, b in zip(g1, g2)))

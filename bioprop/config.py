@@ -47,6 +47,8 @@ class DataConfig:
     eval_batch_size: int = 1000
     download: bool = False
     swap_splits: bool = False  # train on the official test split, test on the training split
+    jpeg_quality: int = 0  # 1..100: one more JPEG pass over every image at load (0 = off)
+    jpeg_offset: int = 0  # 0..7: move that pass's 8x8 block grid (a fresh pass, not a repeat)
 
 
 @dataclass

@@ -107,6 +107,8 @@ def check_values(cfg: TrainConfig) -> None:
         (not cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.threads < 0, "threads must be >= 0"),
         (cfg.data.val_size < 0, "data.val_size must be >= 0"),
+        (not 0 <= cfg.data.jpeg_quality <= 100, "data.jpeg_quality must be 0 (off) or 1..100"),
+        (not 0 <= cfg.data.jpeg_offset <= 7, "data.jpeg_offset must be 0..7"),
     ]
     for failed, msg in bad:
         if failed:
@@ -130,6 +132,8 @@ def build(cfg: TrainConfig, data_dir: str | None = None) -> Setup:
         val_size=cfg.data.val_size,
         seed=cfg.seed,
         swap_splits=cfg.data.swap_splits,
+        jpeg_quality=cfg.data.jpeg_quality,
+        jpeg_offset=cfg.data.jpeg_offset,
     )
     if device.type == "cuda":  # the whole data set fits on the GPU: no per-batch copies
         data.train, data.test = data.train.to(device), data.test.to(device)
@@ -368,6 +372,7 @@ def summarize(s: Setup, history: list[dict[str, Any]], status: str) -> dict[str,
         "model": s.cfg.model.name,
         "dataset": s.data.name,
         "dataset_checksum": s.data.checksum,
+        "dataset_meta": s.data.meta,  # e.g. which CIFAR-10 source, the JPEG decoder, jpeg_quality
         "seed": s.cfg.seed,
         "epochs_done": len(epochs),
         "final_test_acc": test[-1] if test else None,

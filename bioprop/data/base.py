@@ -111,6 +111,8 @@ def load_dataset(
     val_size: int | float = 0,
     seed: int = 0,
     swap_splits: bool = False,
+    jpeg_quality: int = 0,
+    jpeg_offset: int = 0,
 ) -> Data:
     """Load ``name`` and apply the options every data set shares.
 
@@ -119,8 +121,15 @@ def load_dataset(
     val_size: a count, or a fraction of the training set, held out with a seeded permutation.
     swap_splits: train on the official test split and test on the official training split
         (done first, so validation and normalisation statistics come from the new training part).
+    jpeg_quality: 1..100 puts every image (both splits) through one more JPEG encode/decode at
+        that quality before anything else (``bioprop.data.jpeg``); 0 = off.
+    jpeg_offset: move that pass's 8x8 block grid by 0-7 pixels (a fresh pass, not a repeat).
     """
     raw = DATASETS.get(name)(resolve_data_dir(data_dir), download)
+    if jpeg_quality:
+        raw = _jpeg(raw, jpeg_quality, jpeg_offset)
+    elif jpeg_offset:
+        raise BiopropError("jpeg_offset needs jpeg_quality (1..100)")
     train, test = (raw.test, raw.train) if swap_splits else (raw.train, raw.test)
     train, val = _split_val(train, val_size, seed)
     if normalize:
@@ -131,6 +140,14 @@ def load_dataset(
         train, test = _flat(train), _flat(test)
         val = _flat(val) if val is not None else None
     return Data(name, train, test, raw.num_classes, val, raw.checksum, raw.meta)
+
+
+def _jpeg(raw: RawData, quality: int, offset: int) -> RawData:
+    from bioprop.data.jpeg import reencode  # Pillow is only needed when this is asked for
+
+    train, test = (Split(reencode(s.x, quality, offset), s.y) for s in (raw.train, raw.test))
+    meta = {**raw.meta, "jpeg_quality": quality, "jpeg_offset": offset}
+    return RawData(train, test, raw.num_classes, raw.checksum, meta)
 
 
 def _split_val(train: Split, val_size: int | float, seed: int) -> tuple[Split, Split | None]:

@@ -20,24 +20,31 @@ def paired():
     return load_script("paired_deltas")
 
 
-@pytest.fixture
-def suite(tmp_path: Path):
-    """A three-entry suite whose finished runs exist only as records (no run folders)."""
-    p = tmp_path / "suite.yaml"
+def write_suite(folder: Path, name: str, finals: dict[str, dict[int, float]], lr: float = 0.01):
+    """A suite whose finished runs exist only as records (no run folders)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / "suite.yaml"
+    entries = "".join(f"  - {{label: {k}, seeds: [0, 1, 2]}}\n" for k in finals)
     p.write_text(
-        f"name: tiny\ndoc: {tmp_path / 'd.md'}\nruns_dir: {tmp_path / 'runs'}\n"
-        f"records: {tmp_path / 'records'}\n"
-        "base: {data: {name: digits}, epochs: 3, rule: {name: bp}}\n"
-        "entries:\n  - {label: A, seeds: [0, 1, 2]}\n  - {label: B, seeds: [0, 1, 2]}\n"
-        "  - {label: C, seeds: [0]}\n"
+        f"name: {name}\ndoc: {folder / 'd.md'}\nruns_dir: {folder / 'runs'}\n"
+        f"records: {folder / 'records'}\n"
+        f"base: {{data: {{name: digits}}, epochs: 3, rule: {{name: bp}}, optim: {{lr: {lr}}}}}\n"
+        f"entries:\n{entries}"
     )
     s = load_suite(p)
     for entry in s.entries:
-        for seed, acc in FINALS[entry.label].items():
+        for seed, acc in finals[entry.label].items():
             result = {"status": "finished", "epochs_done": 3, "final_test_acc": acc}
             results.write_json(
                 record_path(s, entry, seed), {"identity": _identity(entry, seed), "result": result}
             )
+    return s
+
+
+@pytest.fixture
+def suite(tmp_path: Path):
+    """A three-entry suite whose finished runs exist only as records (no run folders)."""
+    s = write_suite(tmp_path, "tiny", FINALS)
     # An unfinished run must not be paired: seed 2 of B stopped after one epoch.
     b = s.entries[1]
     unfinished = {"status": "running", "epochs_done": 1, "final_test_acc": 0.9}
@@ -62,3 +69,16 @@ def test_unknown_label_or_empty_baseline_is_a_user_error(paired, suite):
         paired.table(suite, "A", ["nope"], "final_test_acc")
     with pytest.raises(BiopropError, match="no finished run"):
         paired.table(suite, "C", [], "final_test_acc")
+
+
+def test_baseline_from_another_suite(paired, suite, tmp_path):
+    # The same labels in a second suite (other settings): every entry there is compared with
+    # the baseline entry of the first suite, and the header names that suite.
+    other = write_suite(tmp_path / "other", "other", {"A": {0: 0.49, 2: 0.55}, "B": {1: 0.5}}, 0.1)
+    text = paired.table(other, "A", [], "final_test_acc", suite)
+    assert "against 'A' of suite 'tiny'" in text
+    sd = statistics.stdev([-1.0, 4.0])
+    assert f"| A | 0, 2 | -1.00 / +4.00 | +1.50 ± {sd:.2f} |" in text
+    assert "| B | 1 | -2.00 | -2.00 |" in text
+    with pytest.raises(BiopropError, match="suite tiny has no entry 'Z'"):
+        paired.table(other, "Z", [], "final_test_acc", suite)

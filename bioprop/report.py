@@ -14,6 +14,10 @@ from bioprop.errors import BiopropError
 
 # Keys that do not define *what* was trained: runs differing only here are seeds of one group.
 NOT_IDENTITY = {"seed", "out", "progress", "threads", "device", "log_every", "diagnostics_every"}
+# Config fields added after runs were first recorded, with their defaults. At the default they
+# are left out of the identity, so that adding a field neither orphans every committed suite
+# record (bench) nor splits older run folders from new ones (report). Add new fields here.
+ADDED_LATER = {"data": {"jpeg_quality": 0, "jpeg_offset": 0}}
 
 
 @dataclass
@@ -38,7 +42,14 @@ class Group:
 
 
 def identity(cfg: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in NOT_IDENTITY}, sort_keys=True)
+    """What defines a run's settings: the config without NOT_IDENTITY and defaulted ADDED_LATER."""
+    kept = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY}
+    for section, defaults in ADDED_LATER.items():
+        if isinstance(kept.get(section), dict):
+            kept[section] = {
+                k: v for k, v in kept[section].items() if not (k in defaults and v == defaults[k])
+            }
+    return json.dumps(kept, sort_keys=True)
 
 
 def label_for(cfg: dict[str, Any]) -> str:

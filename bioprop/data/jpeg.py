@@ -15,7 +15,9 @@ reflection, ``offset`` pixels at the top and left and ``8 - offset`` at the bott
 encoded, and cropped back. Why: a JPEG re-encoded at its own quality on its own grid hardly
 changes (a third quality-75 pass over the shared CIFAR-10 moves pixels by 0.7 grey levels RMS),
 so it says little about what the first pass cost. On a moved grid the pass is a fresh one
-(6.0-6.5 levels RMS for offsets 1-4), the size of distortion a first compression makes.
+(6.0-6.5 levels RMS for offsets 1-4); by how much it smooths the images it is half to one times
+the compression already in the shared CIFAR-10 (docs/pepita-results.md, "What one more JPEG
+pass costs").
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bioprop.data.jpeg import reencode
 from bioprop.errors import BiopropError
 from bioprop.registry import Registry
 
@@ -143,8 +144,6 @@ def load_dataset(
 
 
 def _jpeg(raw: RawData, quality: int, offset: int) -> RawData:
-    from bioprop.data.jpeg import reencode  # Pillow is only needed when this is asked for
-
     train, test = (Split(reencode(s.x, quality, offset), s.y) for s in (raw.train, raw.test))
     meta = {**raw.meta, "jpeg_quality": quality, "jpeg_offset": offset}
     return RawData(train, test, raw.num_classes, raw.checksum, meta)

@@ -28,6 +28,7 @@ SHAPES = {  # input shape, classes
     "fashion-mnist": ((1, 28, 28), 10),
     "digits": ((1, 8, 8), 10),
     "cifar10": ((3, 32, 32), 10),
+    "cifar10_pickles": ((3, 32, 32), 10),
     "cifar100": ((3, 32, 32), 100),
 }
 

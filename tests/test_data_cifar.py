@@ -340,6 +340,25 @@ def test_pickles_preferred_over_jpeg(tiny_cifar10: tuple[Path, dict], monkeypatc
     assert cifar.cifar10(data).meta["source"] == "pickle"
 
 
+def test_cifar10_pickles_only_never_reads_jpeg(tiny_jpeg: Path) -> None:
+    """cifar10_pickles must refuse a folder with only the JPEG tarball, naming only pickles."""
+    assert cifar.cifar10(tiny_jpeg).meta["source"] == "jpeg"  # the tarball is there and valid
+    assert not AVAILABLE["cifar10_pickles"](tiny_jpeg)
+    with pytest.raises(BiopropError) as err:
+        cifar.cifar10_pickles(tiny_jpeg)
+    msg = str(err.value)
+    assert "cifar-10-batches-py/" in msg and "jpeg" not in msg and "\n" not in msg
+
+
+def test_cifar10_pickles_reads_the_release(tiny_cifar10: tuple[Path, dict]) -> None:
+    data, batches = tiny_cifar10
+    write_jpeg_tar(data / "cifar10-jpeg" / "cifar10-jpeg.tar.gz")
+    raw = cifar.cifar10_pickles(data)
+    assert raw.meta["source"] == "pickle" and AVAILABLE["cifar10_pickles"](data)
+    assert raw.test.y.tolist() == batches["test_batch"][b"labels"]
+    torch.testing.assert_close(raw.train.x, cifar.cifar10(data).train.x)
+
+
 def test_data_dir_untouched(tiny_jpeg: Path, tiny_cifar100: tuple[Path, dict]) -> None:
     """JPEG and pickle loads write only to the cache, even when the data folder is writable."""
     before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in tiny_jpeg.rglob("*")}

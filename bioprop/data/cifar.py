@@ -247,21 +247,21 @@ def _decoder() -> str:
     return f"Pillow {PIL.__version__}"
 
 
-def load_cifar10(data_dir: Path | None, fetch: bool) -> RawData:
-    """Pickles if present, else the JPEG tarball, else a download of the pickles."""
+def load_cifar10(data_dir: Path | None, fetch: bool, jpeg: bool = True) -> RawData:
+    """Pickles if present, else (``jpeg``) the JPEG tarball, else a download of the pickles."""
     folder = find_pickle_dir(CIFAR10, data_dir)
     if folder is not None:
         return load_pickles(CIFAR10, folder, b"labels", b"label_names")
-    tar = find_jpeg_tar(data_dir)
+    tar = find_jpeg_tar(data_dir) if jpeg else None
     if tar is not None:
         return load_jpeg_tar(tar, JPEG_TAR)
     if fetch:
         return load_pickles(CIFAR10, fetch_pickles(CIFAR10), b"labels", b"label_names")
     place = data_dir if data_dir is not None else "<data-dir>"
-    raise BiopropError(
-        f"no CIFAR-10 files found: put {CIFAR10.folder}/ or {JPEG_FOLDER}/{JPEG_TAR.name} "
-        f"under {place}/ or pass --download"
+    sources = (
+        f"{CIFAR10.folder}/ or {JPEG_FOLDER}/{JPEG_TAR.name}" if jpeg else f"{CIFAR10.folder}/"
     )
+    raise BiopropError(f"no CIFAR-10 files found: put {sources} under {place}/ or pass --download")
 
 
 def load_cifar100(data_dir: Path | None, fetch: bool, coarse: bool) -> RawData:
@@ -291,6 +291,17 @@ def _has_cifar100(data_dir: Path | None) -> bool:
 def cifar10(data_dir: Path | None = None, download: bool = False) -> RawData:
     """CIFAR-10, 32x32 RGB, 10 classes, 50000 train / 10000 test (pickles or JPEG tarball)."""
     return load_cifar10(data_dir, download)
+
+
+def _has_cifar10_pickles(data_dir: Path | None) -> bool:
+    return find_pickle_dir(CIFAR10, data_dir) is not None
+
+
+@register_dataset("cifar10_pickles", available=_has_cifar10_pickles)
+def cifar10_pickles(data_dir: Path | None = None, download: bool = False) -> RawData:
+    """CIFAR-10 from the original Python pickles only, never the lossy JPEG tarball: for runs
+    that must be compared with results on the original release (e.g. the PEPITA notebook's)."""
+    return load_cifar10(data_dir, download, jpeg=False)
 
 
 @register_dataset("cifar100", available=_has_cifar100)

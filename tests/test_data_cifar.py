@@ -347,7 +347,7 @@ def test_cifar10_pickles_only_never_reads_jpeg(tiny_jpeg: Path) -> None:
     with pytest.raises(BiopropError) as err:
         cifar.cifar10_pickles(tiny_jpeg)
     msg = str(err.value)
-    assert "cifar-10-batches-py/" in msg and "jpeg" not in msg and "\n" not in msg
+    assert "cifar-10-batches-py/" in msg and "cifar10-jpeg" not in msg and "\n" not in msg
 
 
 def test_cifar10_pickles_reads_the_release(tiny_cifar10: tuple[Path, dict]) -> None:

@@ -279,8 +279,12 @@ def load_cifar100(data_dir: Path | None, fetch: bool, coarse: bool) -> RawData:
     return load_pickles(CIFAR100, folder, kind + b"_labels", kind + b"_label_names")
 
 
+def _has_cifar10_pickles(data_dir: Path | None) -> bool:
+    return find_pickle_dir(CIFAR10, data_dir) is not None
+
+
 def _has_cifar10(data_dir: Path | None) -> bool:
-    return find_pickle_dir(CIFAR10, data_dir) is not None or find_jpeg_tar(data_dir) is not None
+    return _has_cifar10_pickles(data_dir) or find_jpeg_tar(data_dir) is not None
 
 
 def _has_cifar100(data_dir: Path | None) -> bool:
@@ -291,10 +295,6 @@ def _has_cifar100(data_dir: Path | None) -> bool:
 def cifar10(data_dir: Path | None = None, download: bool = False) -> RawData:
     """CIFAR-10, 32x32 RGB, 10 classes, 50000 train / 10000 test (pickles or JPEG tarball)."""
     return load_cifar10(data_dir, download)
-
-
-def _has_cifar10_pickles(data_dir: Path | None) -> bool:
-    return find_pickle_dir(CIFAR10, data_dir) is not None
 
 
 @register_dataset("cifar10_pickles", available=_has_cifar10_pickles)
